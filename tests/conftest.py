@@ -1,0 +1,34 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxprune.models import ResNet18
+
+# Weights kept after each of 22 rounds of global magnitude pruning by 10% of
+# the remaining 11,164,352, as printed by torch.nn.utils.prune.global_unstructured
+# (torch 2.13.0, L1Unstructured) on ResNet18-shaped tensors.
+TORCH_KEPT_22_ROUNDS = [
+    10047917, 9043125, 8138813, 7324932, 6592439, 5933195, 5339875, 4805887,
+    4325298, 3892768, 3503491, 3153142, 2837828, 2554045, 2298641, 2068777,
+    1861899, 1675709, 1508138, 1357324, 1221592, 1099433,
+]
+
+
+@pytest.fixture(scope="session")
+def resnet18_shapes():
+    """Full-size ResNet18 variables as ShapeDtypeStructs (no compute)."""
+    model = ResNet18()
+    return jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    )
+
+
+@pytest.fixture(scope="session")
+def resnet18_gaussian_params(resnet18_shapes):
+    """Full-size ResNet18 params filled with N(0, 1): distinct, trained-like magnitudes."""
+    rng = np.random.default_rng(0)
+    return jax.tree.map(
+        lambda s: jnp.asarray(rng.standard_normal(s.shape).astype(np.float32)),
+        resnet18_shapes["params"],
+    )
