@@ -1,0 +1,69 @@
+"""Evaluating a saved checkpoint on whatever device this process has."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxprune import checkpoint, config as config_lib, data, masks as masks_lib, train
+
+
+@dataclasses.dataclass
+class EvalResult:
+    path: str
+    epoch: int
+    source: str
+    n_images: int
+    test_acc: float  # fraction in [0, 1]
+    test_loss: float
+    sparsity: masks_lib.SparsityReport
+    meta: dict[str, Any]
+
+    def summary(self) -> str:
+        return (
+            f"{self.path} (epoch {self.epoch}) on {jax.devices()[0].platform}\n"
+            f"test accuracy {100 * self.test_acc:.2f}% (loss {self.test_loss:.4f}) "
+            f"on {self.n_images:,} images of {self.source}\n"
+            f"global sparsity {100 * self.sparsity.total.sparsity:.2f}%\n\n{self.sparsity}"
+        )
+
+
+def evaluate_checkpoint(
+    path: str | os.PathLike,
+    *,
+    data_spec: str | None = None,
+    which: str = "latest",
+    batch_size: int | None = None,
+) -> EvalResult:
+    """Restores a checkpoint onto this process's first device and evaluates it on the test split."""
+    folder, epoch = checkpoint.locate(path, which)
+    meta = checkpoint.read_meta(folder, epoch)
+    cfg = config_lib.from_dict(config_lib.TrainConfig, meta["config"])
+    overrides = {}
+    if data_spec:
+        overrides["data"] = data_spec
+    if batch_size:
+        overrides["eval_batch_size"] = batch_size
+    cfg = dataclasses.replace(cfg, **overrides).validate()
+    dataset = data.load(cfg.data)
+    state, _ = checkpoint.restore(folder, epoch, train.abstract_state(cfg))
+    fns = train.step_fns_for(train.compile_key(cfg), 1)
+    m = fns.evaluate(
+        state.params, state.batch_stats, state.masks,
+        jnp.asarray(dataset.test_images), jnp.asarray(dataset.test_labels),
+    )
+    m = jax.device_get(m)
+    return EvalResult(
+        path=str(folder / str(epoch)),
+        epoch=epoch,
+        source=dataset.source,
+        n_images=len(dataset.test_labels),
+        test_acc=float(m["test_acc"]),
+        test_loss=float(m["test_loss"]),
+        sparsity=masks_lib.sparsity_report(state.masks),
+        meta=meta,
+    )

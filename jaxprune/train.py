@@ -1,0 +1,392 @@
+"""Masked SGD training: the train state, a pure jitted epoch, evaluation, and the run driver.
+
+The whole training split lives on the device. An epoch is one dispatch: a
+``lax.scan`` over its steps, each gathering its batch by a permutation drawn
+from ``fold_in(key, epoch)``, augmenting with ``fold_in(key, step)`` and
+taking one SGD step. So any epoch is reproducible from the state alone, and a
+resumed run retraces an uninterrupted one exactly.
+
+Pruned weights and their momentum are exactly 0 after every update: the
+gradient, the updated params and the momentum are each masked, in the same
+fused elementwise pass as the update.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxprune
+from jaxprune import checkpoint, config as config_lib, data, masks as masks_lib
+from jaxprune.models import ResNet18, init_variables
+
+METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything an epoch reads and writes. A pytree; saved whole by Orbax."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    masks: Any  # bool pytree mirroring params: True = kept (see jaxprune.masks)
+    step: jax.Array  # int32: SGD steps taken so far in this run
+    key: jax.Array  # uint32 key data of the run's PRNG key
+
+
+def build_model(cfg: config_lib.TrainConfig) -> ResNet18:
+    return ResNet18(num_classes=data.NUM_CLASSES, width=cfg.width, dtype=jnp.dtype(cfg.dtype))
+
+
+def steps_per_epoch(cfg: config_lib.TrainConfig, n_train: int) -> int:
+    return n_train // cfg.batch_size
+
+
+def learning_rate(cfg: config_lib.TrainConfig, total_steps: int) -> optax.Schedule:
+    if cfg.schedule == "cosine":
+        return optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1))
+    return optax.constant_schedule(cfg.lr)
+
+
+def make_optimizer(cfg: config_lib.TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """torch.optim.SGD(lr, momentum, weight_decay): decay is added to the gradient before momentum."""
+    return optax.chain(
+        optax.add_decayed_weights(cfg.weight_decay),
+        optax.sgd(learning_rate(cfg, total_steps), momentum=cfg.momentum),
+    )
+
+
+def create_train_state(
+    variables: dict, tx: optax.GradientTransformation, seed: int, masks: Any = None
+) -> TrainState:
+    """A fresh optimiser over `variables`; params are masked so pruned weights start at 0."""
+    params = variables["params"]
+    masks = masks_lib.init_masks(params) if masks is None else masks
+    params = masks_lib.apply_masks(params, masks)
+    state = TrainState(
+        params=params,
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(params),
+        masks=masks,
+        step=jnp.zeros((), jnp.int32),
+        key=jax.random.key_data(jax.random.key(seed)),
+    )
+    # Committed device arrays throughout (masks hold numpy 0-d leaves): the
+    # train step's outputs then match its inputs, so it never recompiles.
+    return jax.device_put(state, jax.local_devices()[0])
+
+
+# ---------------------------------------------------------------- pure steps
+
+
+@flax.struct.dataclass
+class StepFns:
+    """The jitted functions of one (model, optimiser, batch size) combination."""
+
+    train_epoch: Callable = flax.struct.field(pytree_node=False)
+    train_chunk: Callable = flax.struct.field(pytree_node=False)
+    evaluate: Callable = flax.struct.field(pytree_node=False)
+    train_step: Callable = flax.struct.field(pytree_node=False)
+
+
+def dispatch_steps(cfg: config_lib.TrainConfig, steps: int) -> int:
+    """SGD steps per dispatch: cfg.steps_per_dispatch, or by platform when 0."""
+    if cfg.steps_per_dispatch > 0:
+        return min(cfg.steps_per_dispatch, steps)
+    # XLA:CPU runs convolutions ~7x slower inside a loop than outside one;
+    # accelerators gain from dispatching the whole epoch at once.
+    return 1 if jax.default_backend() == "cpu" else steps
+
+
+def _keys(state: TrainState):
+    key = jax.random.wrap_key_data(state.key)
+    return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)  # (data order, augmentation)
+
+
+@functools.lru_cache(maxsize=8)
+def step_fns_for(cfg: config_lib.TrainConfig, total_steps: int) -> StepFns:
+    """The compiled functions for a config, shared by every run (and pruning
+    round) with the same shapes and recipe, so none compiles twice."""
+    return make_step_fns(build_model(cfg), make_optimizer(cfg, total_steps), cfg)
+
+
+def compile_key(cfg: config_lib.TrainConfig) -> config_lib.TrainConfig:
+    # Fields that do not reach the compiled code.
+    return dataclasses.replace(cfg, data="", train_subset=0, epochs=1, seed=0, progress=False)
+
+
+def make_step_fns(model, tx, cfg: config_lib.TrainConfig) -> StepFns:
+    """Builds train_step, train_epoch (jitted, state donated) and evaluate (jitted)."""
+
+    def train_step(state: TrainState, images, labels):
+        """One masked SGD step on a uint8 batch. Returns (state, (loss_sum, correct))."""
+        _, aug_key = _keys(state)
+        if cfg.augment:
+            images = data.augment(jax.random.fold_in(aug_key, state.step), images)
+        x = data.normalize(images)
+
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            return losses.mean(), (losses.sum(), logits, updates["batch_stats"])
+
+        grads, (loss_sum, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        grads = masks_lib.apply_masks(grads, state.masks)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = masks_lib.apply_masks(optax.apply_updates(state.params, updates), state.masks)
+        # Momentum of pruned weights: 0 even if the optimiser state predates the mask.
+        opt_state = optax.tree_utils.tree_map_params(
+            tx,
+            lambda v, m: v if np.ndim(m) == 0 else jnp.where(m, v, jnp.zeros((), v.dtype)),
+            opt_state,
+            state.masks,
+            transform_non_params=lambda v: v,
+        )
+        correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+        new = state.replace(
+            params=params, batch_stats=batch_stats, opt_state=opt_state, step=state.step + 1
+        )
+        return new, (loss_sum, correct)
+
+    @functools.partial(jax.jit, static_argnames="n")
+    def epoch_batches(state: TrainState, epoch, n: int):
+        """(steps, batch) indices into the training split: a fresh permutation per epoch."""
+        order_key, _ = _keys(state)
+        perm = jax.random.permutation(jax.random.fold_in(order_key, epoch), n)
+        steps = n // cfg.batch_size
+        return perm[: steps * cfg.batch_size].reshape(steps, cfg.batch_size)
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def train_chunk(state: TrainState, images, labels, batches):
+        """A scan of train steps over the rows of `batches`: one dispatch."""
+
+        def body(carry, idx):
+            state, loss_sum, correct = carry
+            state, (l, c) = train_step(state, images[idx], labels[idx])
+            return (state, loss_sum + l, correct + c), None
+
+        init = (state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+        if batches.shape[0] == 1:  # no loop at all: XLA:CPU is slow inside one
+            return body(init, batches[0])[0]
+        (state, loss_sum, correct), _ = jax.lax.scan(body, init, batches)
+        return state, loss_sum, correct
+
+    def train_epoch(state: TrainState, images, labels, epoch: int):
+        """One pass over a fresh permutation (a partial last batch is dropped).
+
+        Runs `dispatch_steps(cfg)` steps per dispatch; metrics stay on the
+        device until the caller reads them.
+        """
+        n = images.shape[0]
+        batches = epoch_batches(state, epoch, n=n)
+        steps = batches.shape[0]
+        chunk = dispatch_steps(cfg, steps)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, steps, chunk):
+            state, l, c = train_chunk(state, images, labels, batches[start : start + chunk])
+            loss_sum, correct = loss_sum + l, correct + c
+        seen = steps * cfg.batch_size
+        return state, {"train_loss": loss_sum / seen, "train_acc": correct / seen}
+
+    @jax.jit
+    def evaluate(params, batch_stats, masks, images, labels):
+        """Loss and accuracy over every image (the last batch is padded, the padding ignored)."""
+        n = images.shape[0]
+        b = min(cfg.eval_batch_size, n)
+        nb = -(-n // b)
+        pad = nb * b - n
+        images = jnp.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0))).reshape(nb, b, *images.shape[1:])
+        labels = jnp.pad(labels, (0, pad)).reshape(nb, b)
+        valid = (jnp.arange(nb * b) < n).reshape(nb, b)
+        variables = {"params": masks_lib.apply_masks(params, masks), "batch_stats": batch_stats}
+
+        def body(carry, batch):
+            x, y, v = batch
+            logits = model.apply(variables, data.normalize(x), train=False)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            hit = jnp.argmax(logits, -1) == y
+            return (carry[0] + jnp.sum(loss * v), carry[1] + jnp.sum(hit & v)), None
+
+        (loss, correct), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros((), jnp.int32)), (images, labels, valid))
+        return {"test_loss": loss / n, "test_acc": correct / n}
+
+    return StepFns(
+        train_epoch=train_epoch, evaluate=evaluate, train_step=jax.jit(train_step), train_chunk=train_chunk
+    )
+
+
+# ---------------------------------------------------------------- the driver
+
+
+@dataclasses.dataclass
+class RunResult:
+    state: TrainState
+    history: list[dict[str, Any]]  # one row per epoch, METRIC_FIELDS
+
+    @property
+    def best_test_acc(self) -> float:
+        return max(r["test_acc"] for r in self.history)
+
+
+class RunDirError(ValueError):
+    """A run directory that belongs to a different run."""
+
+
+def claim_workdir(workdir: Path, cfg, extra: dict | None = None) -> None:
+    """Writes config.json, or checks that the one there describes the same run (else RunDirError)."""
+    current = {"config": config_lib.identity(cfg), **(extra or {})}
+    path = workdir / "config.json"
+    if path.exists():
+        diffs = config_lib.differences(json.loads(path.read_text()).get("identity", {}), current)
+        if diffs:
+            raise RunDirError(
+                f"{workdir} holds a different run ({'; '.join(diffs[:3])}); "
+                "use another --workdir or the same settings"
+            )
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    record = {"config": config_lib.to_dict(cfg), "identity": current, "jaxprune_version": jaxprune.__version__}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+
+
+def write_metric_logs(workdir: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrites metrics.csv and metrics.jsonl from the history (the checkpoint's, after a resume)."""
+    with open(workdir / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        w.writeheader()
+        w.writerows({k: r[k] for k in METRIC_FIELDS} for r in history)
+    with open(workdir / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in history)
+
+
+def append_metric_logs(workdir: Path, row: dict[str, Any]) -> None:
+    with open(workdir / "metrics.csv", "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=METRIC_FIELDS).writerow({k: row[k] for k in METRIC_FIELDS})
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def abstract_state(cfg: config_lib.TrainConfig, tx=None) -> TrainState:
+    """Shapes and dtypes of a TrainState for `cfg`, without computing anything."""
+    model = build_model(cfg)
+    tx = tx or make_optimizer(cfg, 1)
+
+    def make():
+        variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+        return create_train_state(variables, tx, 0)
+
+    return jax.eval_shape(make)
+
+
+def train_and_evaluate(
+    cfg: config_lib.TrainConfig,
+    workdir: str | Path,
+    *,
+    dataset: data.Dataset | None = None,
+    start: dict | None = None,
+    masks: Any = None,
+    meta: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Trains for cfg.epochs in `workdir`, checkpointing every epoch; a rerun resumes.
+
+    Args:
+      cfg: the run's config (validated here).
+      workdir: the run's directory: config.json, metrics.csv/.jsonl, checkpoints/.
+      dataset: data already loaded (else loaded from cfg.data).
+      start: {'params', 'batch_stats'} to start from (else a fresh init from cfg.seed).
+      masks: pruning masks to train under (else all kept).
+      meta: extra JSON saved in every checkpoint's metadata (e.g. the pruning round).
+      on_epoch: called with each new epoch's metrics row.
+    """
+    cfg.validate()
+    workdir = Path(workdir)
+    if dataset is None:
+        dataset = data.load(cfg.data)
+    dataset = dataset.subset(cfg.train_subset)
+    n_steps = steps_per_epoch(cfg, len(dataset.train_labels))
+    if n_steps == 0:
+        raise config_lib.ConfigError(
+            f"--batch-size {cfg.batch_size} is larger than the {len(dataset.train_labels)} training images"
+        )
+    claim_workdir(workdir, cfg)  # only now, so bad input writes nothing
+    tx = make_optimizer(cfg, n_steps * cfg.epochs)
+    fns = step_fns_for(compile_key(cfg), n_steps * cfg.epochs)
+    schedule = learning_rate(cfg, n_steps * cfg.epochs)
+
+    ckpts = checkpoint.RunCheckpoints(workdir / "checkpoints")
+    try:
+        latest = ckpts.latest()
+        if latest is not None:
+            state, saved = ckpts.restore(latest, abstract_state(cfg, tx))
+            history = saved["history"]
+        else:
+            variables = start if start is not None else init_variables(build_model(cfg), cfg.seed)
+            state = create_train_state(variables, tx, cfg.seed, masks)
+            history = []
+        write_metric_logs(workdir, history)
+
+        train_x, train_y = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
+        test_x, test_y = jnp.asarray(dataset.test_images), jnp.asarray(dataset.test_labels)
+        bar = _progress(cfg, workdir, len(history))
+        for epoch in range(len(history) + 1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            state, train_m = fns.train_epoch(state, train_x, train_y, epoch)
+            test_m = fns.evaluate(state.params, state.batch_stats, state.masks, test_x, test_y)
+            m = jax.device_get({**train_m, **test_m})  # the epoch's one host sync
+            row = {
+                "epoch": epoch,
+                "step": epoch * n_steps,
+                "lr": float(schedule(epoch * n_steps - 1)),
+                **{k: float(v) for k, v in m.items()},
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(row)
+            append_metric_logs(workdir, row)
+            ckpts.save(
+                epoch,
+                state,
+                {
+                    **(meta or {}),
+                    "metrics": row,
+                    "history": history,
+                    "config": config_lib.to_dict(cfg),
+                    "jaxprune_version": jaxprune.__version__,
+                },
+            )
+            if on_epoch:
+                on_epoch(row)
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{100 * row['test_acc']:.2f}%")
+            bar.update(1)
+        bar.close()
+    finally:
+        ckpts.close()
+    return RunResult(state, history)
+
+
+def _progress(cfg, workdir: Path, done: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=cfg.epochs, initial=done, desc=workdir.name, unit="epoch", disable=not cfg.progress, leave=True
+    )
