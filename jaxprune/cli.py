@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from pathlib import Path
@@ -32,26 +33,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _add_config_options(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
+def _add_config_options(parser: argparse.ArgumentParser, cls, prefix: str = "", exclude=()) -> None:
     """One option per dataclass field, help from the field's metadata; defaults come later."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
-        if dataclasses.is_dataclass(kind):
+        if dataclasses.is_dataclass(kind) or f.name in exclude:
             continue
         flag = "--" + (prefix + f.name).replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {_show(default)})"
+        choices = f.metadata.get("choices")
+        one_of = f"; one of {', '.join(choices)}" if choices else ""
+        help_text = f"{f.metadata.get('help', '')}{one_of} (default: {_show(default)})"
         dest = prefix + f.name
         if kind is bool:
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) is tuple:
             inner = typing.get_args(kind)[0]
             parser.add_argument(flag, dest=dest, type=inner, nargs="+", default=None, help=help_text,
-                                choices=f.metadata.get("item_choices"))
+                                metavar=f.name.upper().rstrip("S"))
         else:
             parser.add_argument(flag, dest=dest, type=kind, default=None, help=help_text,
-                                choices=f.metadata.get("choices"), metavar=f.name.upper())
+                                choices=choices, metavar=f.name.upper())
 
 
 def _show(value) -> str:
@@ -63,6 +66,8 @@ def _show(value) -> str:
 def _overrides(args: argparse.Namespace, cls, prefix: str = "") -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.type) or f.name == "train":
+            continue
         value = getattr(args, prefix + f.name, None)
         if value is not None:
             out[f.name] = tuple(value) if isinstance(value, list) else value
@@ -79,6 +84,22 @@ def default_train_workdir(cfg: config_lib.TrainConfig) -> Path:
     kind = cfg.data.split(":")[0]
     return Path("runs") / (
         f"train-{kind}-w{cfg.width}-e{cfg.epochs}-b{cfg.batch_size}-lr{cfg.lr:g}-{cfg.dtype}-s{cfg.seed}"
+    )
+
+
+def study_config(args: argparse.Namespace) -> config_lib.StudyConfig:
+    train_over = _overrides(args, config_lib.TrainConfig)
+    train_over.pop("epochs", None)
+    return config_lib.study_preset(args.preset, train=train_over, **_overrides(args, config_lib.StudyConfig))
+
+
+def default_study_workdir(cfg: config_lib.StudyConfig) -> Path:
+    """runs/study-<data kind>-w<width>-b<baseline epochs>-r<round epochs>[-shared]-<dtype>-s<seed>."""
+    t = cfg.train
+    shared = "-shared" if cfg.shared_chain else ""
+    return Path("runs") / (
+        f"study-{t.data.split(':')[0]}-w{t.width}-b{cfg.baseline_epochs}-r{cfg.round_epochs}"
+        f"{shared}-{t.dtype}-s{t.seed}"
     )
 
 
@@ -112,7 +133,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate}
+def cmd_study(args: argparse.Namespace) -> int:
+    from jaxprune import report, study
+
+    cfg = study_config(args).validate()
+    workdir = Path(args.workdir) if args.workdir else default_study_workdir(cfg)
+    results = study.run_study(cfg, workdir)
+    if not args.no_report:
+        print(f"report: {report.write_report(workdir)}")
+    print(f"results: {results}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from jaxprune import report
+
+    path = report.write_report(args.workdir, args.out)
+    print(f"report: {path}")
+    for p in sorted(path.parent.iterdir()):
+        if p != path:
+            print(f"  {p.name}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "study": cmd_study, "report": cmd_report}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,19 +188,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data source to evaluate on (default: the one the run trained on)")
     p.add_argument("--best", action="store_true", help="use the best epoch by test accuracy instead of the latest")
     p.add_argument("--batch-size", type=int, help="images per evaluation batch (default: the run's)")
+
+    p = sub.add_parser(
+        "study",
+        help="the whole study: baseline, one-shot and iterative pruning with retraining, then the report",
+        description="Train a baseline (or take --baseline), prune it one-shot and iteratively by the "
+        "chosen methods to the targets, retraining after every pruning step, and write the report. "
+        "Each phase lives in WORKDIR/<schedule>-<method>-<target>/round-NN/; rerunning the same "
+        "command resumes, skipping finished phases.",
+    )
+    p.add_argument("--preset", choices=sorted(config_lib.STUDY_PRESETS),
+                   help="start from a named study: seed (the write-up: 90-epoch phases on CIFAR-10), "
+                        "quick (short bf16 rounds, shared chain: minutes on a GPU), smoke (synthetic "
+                        "data on a CPU in a few minutes); options override it")
+    p.add_argument("--workdir", help="study directory (default: runs/study-... named by the settings)")
+    p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+    _add_config_options(p, config_lib.StudyConfig)
+    _add_config_options(p, config_lib.TrainConfig, exclude=("epochs",))
+
+    p = sub.add_parser(
+        "report",
+        help="figures and tables from a study's results.csv",
+        description="Write the write-up's figures (PNG) and tables (markdown and CSV) from "
+        "WORKDIR/results.csv into WORKDIR/report/.",
+    )
+    p.add_argument("workdir", help="a study directory (or its results.csv)")
+    p.add_argument("--out", help="output folder (default: WORKDIR/report)")
     return parser
+
+
+def enable_compilation_cache() -> None:
+    """Keeps compiled steps across processes, so a resumed run starts in seconds.
+
+    JAX_COMPILATION_CACHE_DIR, when set, wins; JAXPRUNE_XLA_CACHE=0 turns it off.
+    """
+    import jax
+
+    if os.environ.get("JAXPRUNE_XLA_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(Path("~/.cache/jaxprune/xla").expanduser()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    enable_compilation_cache()
     from jaxprune.checkpoint import CheckpointError
     from jaxprune.data import DataError
+    from jaxprune.report import ReportError
+    from jaxprune.study import StudyError
     from jaxprune.train import RunDirError
 
+    user_errors = (UsageError, config_lib.ConfigError, DataError, CheckpointError, RunDirError,
+                   StudyError, ReportError)
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, config_lib.ConfigError, DataError, CheckpointError, RunDirError) as e:
+    except user_errors as e:
         print(f"jaxprune {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -158,3 +158,97 @@ def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = ""
         elif a != b:
             diffs.append(f"{prefix}{k}: {json.dumps(a)} there, {json.dumps(b)} now")
     return diffs
+
+
+SCHEDULES = ("oneshot", "iterative")
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """The pruning study: a baseline, then one-shot and iterative pruning with retraining.
+
+    Defaults are the write-up's: a 90-epoch baseline; targets 50/75/90%;
+    one-shot prunes to the target at once, iterative prunes 10% of the
+    remaining weights per round; every (re)training is 90 epochs; separate
+    iterative chains per target.
+    """
+
+    train: TrainConfig = dataclasses.field(
+        default_factory=_default_train,
+        metadata={"help": "the training recipe of the baseline and of every round (its epochs are set below)"},
+    )
+    baseline_epochs: int = _field(90, "epochs of baseline training")
+    round_epochs: int = _field(90, "epochs of retraining after each pruning step")
+    methods: tuple[str, ...] = _field(("magnitude", "random"), "pruning methods: magnitude, random")
+    schedules: tuple[str, ...] = _field(SCHEDULES, "schedules to run: oneshot, iterative")
+    targets: tuple[float, ...] = _field((0.5, 0.75, 0.9), "target sparsities, each in (0, 1)")
+    step: float = _field(0.1, "iterative: fraction of the remaining weights pruned per round, in (0, 1)")
+    shared_chain: bool = _field(
+        False,
+        "iterative: one chain to the largest target also serves the smaller ones (their rounds "
+        "are its prefix), saving ~half the rounds; default: a separate chain per target, as the write-up",
+    )
+    baseline: str = _field(
+        "", "start from this trained checkpoint instead of training a baseline (run dir or epoch folder)"
+    )
+
+    def validate(self) -> "StudyConfig":
+        self.train.validate()
+        for name in ("baseline_epochs", "round_epochs"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not self.targets:
+            raise ConfigError("--targets needs at least one target sparsity")
+        for t in self.targets:
+            if not 0 < t < 1:
+                raise ConfigError(f"--targets must each be in (0, 1) (a fraction pruned), got {t}")
+        if not 0 < self.step < 1:
+            raise ConfigError(f"--step must be in (0, 1) (the fraction of remaining weights pruned per round), got {self.step}")
+        from jaxprune.masks import METHODS  # a lower room; imported late to keep config light
+
+        for m in self.methods:
+            if m not in METHODS:
+                raise ConfigError(f"--methods: unknown method {m!r}; choose from {', '.join(sorted(METHODS))}")
+        for s in self.schedules:
+            if s not in SCHEDULES:
+                raise ConfigError(f"--schedules: unknown schedule {s!r}; choose from {', '.join(SCHEDULES)}")
+        if not self.methods or not self.schedules:
+            raise ConfigError("--methods and --schedules each need at least one value")
+        return self
+
+    def phase(self, epochs: int, seed: int) -> TrainConfig:
+        """The training config of one phase (baseline or round)."""
+        return dataclasses.replace(self.train, epochs=epochs, seed=seed)
+
+
+STUDY_PRESETS: dict[str, dict[str, Any]] = {
+    # The write-up: 90 + 3x90 + (7 + 14 + 22)x90 epochs per method on real CIFAR-10.
+    "seed": {},
+    # Short rounds, bf16, one shared chain: minutes on one GPU.
+    "quick": {
+        "train": {"dtype": "bfloat16"},
+        "baseline_epochs": 15,
+        "round_epochs": 2,
+        "shared_chain": True,
+    },
+    # Synthetic data at width 4 with coarse steps: a few minutes on a CPU.
+    "smoke": {
+        "train": TRAIN_PRESETS["smoke"],
+        "baseline_epochs": 3,
+        "round_epochs": 1,
+        "step": 0.5,
+        "shared_chain": True,
+    },
+}
+
+
+def study_preset(name: str | None, **overrides) -> StudyConfig:
+    """A StudyConfig from a preset name, with `overrides` (train fields under 'train')."""
+    preset = STUDY_PRESETS[name] if name else {}
+    train_fields = {**preset.get("train", {}), **overrides.pop("train", {})}
+    top = {k: v for k, v in preset.items() if k != "train"}
+    return StudyConfig(train=TrainConfig(**train_fields), **{**top, **overrides})

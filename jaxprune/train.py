@@ -72,7 +72,7 @@ def make_optimizer(cfg: config_lib.TrainConfig, total_steps: int) -> optax.Gradi
 def create_train_state(
     variables: dict, tx: optax.GradientTransformation, seed: int, masks: Any = None
 ) -> TrainState:
-    """A fresh optimiser over `variables`; params are masked so pruned weights start at 0."""
+    """A fresh optimiser over a copy of `variables`, params masked so pruned weights start at 0."""
     params = variables["params"]
     masks = masks_lib.init_masks(params) if masks is None else masks
     params = masks_lib.apply_masks(params, masks)
@@ -84,8 +84,10 @@ def create_train_state(
         step=jnp.zeros((), jnp.int32),
         key=jax.random.key_data(jax.random.key(seed)),
     )
-    # Committed device arrays throughout (masks hold numpy 0-d leaves): the
-    # train step's outputs then match its inputs, so it never recompiles.
+    # Fresh buffers, since the train step donates (consumes) its state while
+    # `variables` may be needed again (a parent pruned to several targets);
+    # committed, so the step's outputs match its inputs and it never recompiles.
+    state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
     return jax.device_put(state, jax.local_devices()[0])
 
 
@@ -252,7 +254,8 @@ class RunDirError(ValueError):
 
 def claim_workdir(workdir: Path, cfg, extra: dict | None = None) -> None:
     """Writes config.json, or checks that the one there describes the same run (else RunDirError)."""
-    current = {"config": config_lib.identity(cfg), **(extra or {})}
+    # Through JSON, so tuples compare equal to the lists read back.
+    current = json.loads(json.dumps({"config": config_lib.identity(cfg), **(extra or {})}))
     path = workdir / "config.json"
     if path.exists():
         diffs = config_lib.differences(json.loads(path.read_text()).get("identity", {}), current)

@@ -1,3 +1,8 @@
+import atexit
+import os
+import shutil
+import tempfile
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +18,14 @@ TORCH_KEPT_22_ROUNDS = [
     4325298, 3892768, 3503491, 3153142, 2837828, 2554045, 2298641, 2068777,
     1861899, 1675709, 1508138, 1357324, 1221592, 1099433,
 ]
+
+
+# One XLA compilation cache for the session and the subprocesses it starts
+# (they inherit the environment), so each train step compiles once.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxprune-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 @pytest.fixture(scope="session")

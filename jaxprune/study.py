@@ -1,0 +1,273 @@
+"""The pruning study: schedules as pure plans, and the driver that walks a plan.
+
+A plan is the list of every training phase the study needs, computed before
+any work from exact pruning counts: the baseline, then per (schedule, method,
+target) chain its rounds, each pruning ``amount`` from its parent's final
+weights and retraining. The driver runs the phases in order:
+
+    parent's final state -> prune_global -> train_and_evaluate -> checkpoints
+
+Every phase lives in its own directory, named by what it is
+(``WORKDIR/iterative-random-0.90/round-07/``), and is resumable: a finished
+phase is skipped, a partial one continues from its last checkpoint, a missing
+one recomputes its (deterministic) masks from its parent. ``results.csv`` is
+rebuilt from the phases' own metrics after every epoch, so it never holds a
+row twice or a row for work that was lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+
+from jaxprune import checkpoint, config as config_lib, data, masks as masks_lib, train
+
+RESULT_FIELDS = (
+    "schedule", "method", "target", "round", "sparsity", "epoch",
+    "test_acc", "train_loss", "train_acc", "seconds",
+)
+
+
+class StudyError(ValueError):
+    """A study that cannot run as asked; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One training phase of the study.
+
+    schedule: "baseline", "oneshot" or "iterative".
+    target: the chain's target sparsity (0 for the baseline).
+    round: 1-based pruning round within the chain (0 for the baseline).
+    amount: the float given to prune_global: the fraction of the parent's
+      remaining weights pruned before this phase trains.
+    sparsity: the global sparsity during this phase (exact, from the counts).
+    parent: the directory name of the phase whose final weights are pruned.
+    """
+
+    schedule: str
+    method: str
+    target: float
+    round: int
+    amount: float
+    sparsity: float
+    parent: str | None
+
+    @property
+    def chain(self) -> str:
+        if self.schedule == "baseline":
+            return "baseline"
+        return f"{self.schedule}-{self.method}-{self.target:.2f}"
+
+    @property
+    def name(self) -> str:
+        return "baseline" if self.schedule == "baseline" else f"{self.chain}/round-{self.round:02d}"
+
+
+def prunable_total(cfg: config_lib.TrainConfig) -> int:
+    """Prunable weights of the model `cfg` builds (shapes only, no compute)."""
+    shapes = train.abstract_state(cfg).params
+    flags = masks_lib.prunable(shapes)
+    return sum(math.prod(p.shape) for p, f in zip(jax.tree.leaves(shapes), jax.tree.leaves(flags)) if f)
+
+
+def iterative_sparsities(total: int, step: float, target: float) -> list[float]:
+    """Global sparsity after each iterative round until it reaches `target`, from exact counts."""
+    remaining, out = total, []
+    while not out or out[-1] < target:
+        remaining -= round(step * remaining)  # what prune_global removes
+        out.append(1 - remaining / total)
+        if len(out) > 10_000:
+            raise StudyError(f"--step {step} never reaches target {target}")
+    return out
+
+
+def plan(cfg: config_lib.StudyConfig, total: int) -> list[Phase]:
+    """Every phase of the study, in the order the driver runs them."""
+    phases = []
+    if not cfg.baseline:
+        phases.append(Phase("baseline", "", 0.0, 0, 0.0, 0.0, None))
+    root = "baseline"
+    for method in cfg.methods:
+        if "oneshot" in cfg.schedules:
+            for t in cfg.targets:
+                k = round(t * total)
+                phases.append(Phase("oneshot", method, t, 1, t, k / total, root))
+        if "iterative" in cfg.schedules:
+            chains = [max(cfg.targets)] if cfg.shared_chain else sorted(cfg.targets)
+            for t in chains:
+                parent = root
+                for r, s in enumerate(iterative_sparsities(total, cfg.step, t), start=1):
+                    phase = Phase("iterative", method, t, r, cfg.step, s, parent)
+                    phases.append(phase)
+                    parent = phase.name
+    return phases
+
+
+def derived_seed(base: int, *tags: Any) -> int:
+    """A 31-bit seed from the study's seed and a phase's identity (stable across runs)."""
+    digest = hashlib.sha256(json.dumps([base, *tags]).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def phase_config(cfg: config_lib.StudyConfig, phase: Phase) -> config_lib.TrainConfig:
+    if phase.schedule == "baseline":
+        return cfg.phase(cfg.baseline_epochs, cfg.train.seed)
+    return cfg.phase(cfg.round_epochs, derived_seed(cfg.train.seed, phase.chain, phase.round))
+
+
+def pruning_key(cfg: config_lib.StudyConfig, phase: Phase) -> jax.Array:
+    # Separate chains are independent replicates (as in the write-up), so each
+    # chain draws its own random masks.
+    return jax.random.key(derived_seed(cfg.train.seed, "prune", phase.chain, phase.round))
+
+
+# ---------------------------------------------------------------- the driver
+
+
+@dataclasses.dataclass
+class Final:
+    """A finished phase's weights: what its children prune and retrain."""
+
+    params: Any
+    batch_stats: Any
+    masks: Any
+
+
+def _finished(workdir: Path, phase_cfg: config_lib.TrainConfig) -> bool:
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return False
+    with checkpoint.RunCheckpoints(workdir / "checkpoints") as ck:
+        return ck.latest() == phase_cfg.epochs
+
+
+def load_final(workdir: Path, phase_cfg: config_lib.TrainConfig) -> Final:
+    folder = workdir / "checkpoints"
+    with checkpoint.RunCheckpoints(folder) as ck:
+        state, _ = ck.restore(ck.latest(), train.abstract_state(phase_cfg))
+    return Final(state.params, state.batch_stats, state.masks)
+
+
+def load_baseline(path: str, cfg: config_lib.StudyConfig) -> Final:
+    """A user-given baseline checkpoint, checked against the study's model."""
+    folder, epoch = checkpoint.locate(path)
+    meta = checkpoint.read_meta(folder, epoch)
+    saved = config_lib.from_dict(config_lib.TrainConfig, meta.get("config", {}))
+    if saved.width != cfg.train.width:
+        raise StudyError(
+            f"baseline {path} is a width-{saved.width} ResNet18 but the study builds width "
+            f"{cfg.train.width}: its shapes don't match the model (pass --width {saved.width})"
+        )
+    try:
+        state, _ = checkpoint.restore(folder, epoch, train.abstract_state(saved))
+    except Exception as e:  # orbax reports shape mismatches in several ways
+        raise StudyError(f"baseline {path} does not match the model: {str(e).splitlines()[0]}") from e
+    return Final(state.params, state.batch_stats, state.masks)
+
+
+def rebuild_results(workdir: Path, phases: list[Phase]) -> int:
+    """Writes WORKDIR/results.csv from the phases' metrics, in plan order; returns the row count."""
+    rows = []
+    for phase in phases:
+        path = workdir / phase.name / "metrics.jsonl"
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            m = json.loads(line)
+            rows.append({
+                "schedule": phase.schedule, "method": phase.method, "target": phase.target,
+                "round": phase.round, "sparsity": round(phase.sparsity, 6), "epoch": m["epoch"],
+                "test_acc": m["test_acc"], "train_loss": m["train_loss"], "train_acc": m["train_acc"],
+                "seconds": round(m["seconds"], 3),
+            })
+    tmp = workdir / "results.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(workdir / "results.csv")
+    return len(rows)
+
+
+def run_study(cfg: config_lib.StudyConfig, workdir: str | Path, *, log=print) -> Path:
+    """Runs (or resumes) every phase of the study in `workdir`; returns results.csv's path."""
+    cfg.validate()
+    workdir = Path(workdir)
+    dataset = data.load(cfg.train.data).subset(cfg.train.train_subset)
+    baseline = load_baseline(cfg.baseline, cfg) if cfg.baseline else None
+    phases = plan(cfg, prunable_total(cfg.train))
+    train.claim_workdir(workdir, cfg)  # refuses a workdir of a different study
+    finals: dict[str, Final] = {}
+    recorded = phases
+    if baseline is not None:
+        finals["baseline"] = baseline
+        # Its training curve, when the checkpoint carries one, joins the results.
+        recorded = [Phase("baseline", "", 0.0, 0, 0.0, 0.0, None), *phases]
+        _copy_history(cfg.baseline, workdir / "baseline")
+
+    def parent_of(phase: Phase) -> Final:
+        if phase.parent not in finals:
+            parent = next(p for p in phases if p.name == phase.parent)
+            finals[phase.parent] = load_final(workdir / parent.name, phase_config(cfg, parent))
+        return finals[phase.parent]
+
+    epochs_total = sum(phase_config(cfg, p).epochs for p in phases)
+    log(f"study: {len(phases)} phases, {epochs_total} epochs, in {workdir}")
+    for i, phase in enumerate(phases, start=1):
+        pcfg = phase_config(cfg, phase)
+        pdir = workdir / phase.name
+        if _finished(pdir, pcfg):
+            continue
+        start = masks = None
+        if phase.parent is not None:
+            parent = parent_of(phase)
+            start = {"params": parent.params, "batch_stats": parent.batch_stats}
+            masks = masks_lib.prune_global(
+                parent.params, parent.masks, phase.amount, method=phase.method, key=pruning_key(cfg, phase)
+            )
+            got = masks_lib.sparsity(masks)
+            if abs(got - phase.sparsity) > 1e-9:  # the plan's counts are the masks' counts
+                raise AssertionError(f"{phase.name}: sparsity {got} but planned {phase.sparsity}")
+        result = train.train_and_evaluate(
+            pcfg, pdir, dataset=dataset, start=start, masks=masks,
+            meta={"phase": dataclasses.asdict(phase)},
+            on_epoch=lambda row: rebuild_results(workdir, recorded),
+        )
+        finals[phase.name] = Final(result.state.params, result.state.batch_stats, result.state.masks)
+        # Only a chain's last phase and phases with children are needed again.
+        for name in [n for n in finals if n != "baseline" and not _has_pending_child(n, phases[i:])]:
+            del finals[name]
+        log(
+            f"[{i}/{len(phases)}] {phase.name}: sparsity {100 * phase.sparsity:.2f}%, "
+            f"best test accuracy {100 * result.best_test_acc:.2f}%"
+        )
+    rebuild_results(workdir, recorded)
+    return workdir / "results.csv"
+
+
+def _copy_history(path: str, dest: Path) -> None:
+    folder, epoch = checkpoint.locate(path)
+    history = checkpoint.read_meta(folder, epoch).get("history", [])
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+
+
+def _has_pending_child(name: str, pending: list[Phase]) -> bool:
+    return any(p.parent == name for p in pending)
+
+
+def chain_rounds(phases: list[Phase]) -> Iterator[tuple[str, list[Phase]]]:
+    """Phases grouped by chain, in plan order."""
+    chains: dict[str, list[Phase]] = {}
+    for p in phases:
+        chains.setdefault(p.chain, []).append(p)
+    yield from chains.items()

@@ -1,0 +1,187 @@
+"""The study: plans from exact counts, the smoke study end to end, kill-and-resume, bad input."""
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jaxprune import cli, config, evaluation, study
+from tests.conftest import TORCH_KEPT_22_ROUNDS
+
+TOTAL = 11_164_352
+
+
+def test_seed_plan_is_the_write_up(resnet18_shapes):
+    cfg = config.study_preset("seed")
+    assert study.prunable_total(cfg.train) == TOTAL
+    phases = study.plan(cfg, TOTAL)
+    per_method = {m: [p for p in phases if p.method == m] for m in cfg.methods}
+    for m, ps in per_method.items():
+        oneshot = [p for p in ps if p.schedule == "oneshot"]
+        assert [(p.target, p.amount, p.parent) for p in oneshot] == [(0.5, 0.5, "baseline"), (0.75, 0.75, "baseline"), (0.9, 0.9, "baseline")]
+        chains = {t: [p for p in ps if p.schedule == "iterative" and p.target == t] for t in (0.5, 0.75, 0.9)}
+        assert [len(c) for c in chains.values()] == [7, 14, 22]
+        # Exact sparsities, matching torch's counts, every round.
+        assert [p.sparsity for p in chains[0.9]] == [1 - k / TOTAL for k in TORCH_KEPT_22_ROUNDS]
+        assert chains[0.9][3].parent == "iterative-%s-0.90/round-03" % m
+        assert chains[0.9][3].name == "iterative-%s-0.90/round-04" % m
+    epochs = sum(study.phase_config(cfg, p).epochs for p in phases)
+    assert epochs == 90 + 2 * (3 + 7 + 14 + 22) * 90  # 4,230 per method, baseline shared
+    shared = study.plan(config.study_preset("seed", shared_chain=True), TOTAL)
+    assert sum(p.schedule == "iterative" for p in shared) == 2 * 22
+
+
+def test_separate_chains_draw_independent_random_masks():
+    cfg = config.study_preset("seed")
+    phases = [p for p in study.plan(cfg, TOTAL) if p.method == "random" and p.round == 1 and p.schedule == "iterative"]
+    keys = {str(study.pruning_key(cfg, p)) for p in phases}
+    seeds = {study.phase_config(cfg, p).seed for p in phases}
+    assert len(phases) == 3 and len(keys) == 3 and len(seeds) == 3
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_smoke_study_end_to_end(tmp_path):
+    workdir = tmp_path / "study"
+    assert cli.main(["study", "--preset", "smoke", "--workdir", str(workdir), "--no-progress"]) == 0
+    rows = read_rows(workdir / "results.csv")
+    assert list(rows[0]) == list(study.RESULT_FIELDS)
+    cfg = config.study_preset("smoke")
+    got = sorted({(r["schedule"], r["method"], float(r["target"]), int(r["round"]), float(r["sparsity"])) for r in rows})
+    expected = [("baseline", "", 0.0, 0, 0.0)]
+    for m in ("magnitude", "random"):
+        expected += [("oneshot", m, t, 1, t) for t in (0.5, 0.75, 0.9)]
+        expected += [("iterative", m, 0.9, r, s) for r, s in ((1, 0.5), (2, 0.75), (3, 0.875), (4, 0.9375))]
+    assert len(got) == len(expected) == 15
+    total = study.prunable_total(cfg.train)
+    for g, e in zip(got, sorted(expected)):
+        assert g[:4] == e[:4] and abs(g[4] - e[4]) <= 1 / total  # exact counts, to the weight
+    assert len(rows) == cfg.baseline_epochs + 14 * cfg.round_epochs
+    # Every phase's checkpoint restores to the sparsity recorded for it.
+    for phase in study.plan(cfg, study.prunable_total(cfg.train)):
+        result = evaluation.evaluate_checkpoint(workdir / phase.name)
+        assert result.sparsity.total.sparsity == pytest.approx(phase.sparsity, abs=1e-12)
+        recorded = [r for r in rows if (r["schedule"], r["method"], r["round"]) == (phase.schedule, phase.method, str(phase.round))
+                    and float(r["target"]) == phase.target]
+        assert float(recorded[-1]["test_acc"]) == pytest.approx(result.test_acc, abs=1e-6)
+    report = workdir / "report"
+    for name in ("figure1_baseline.png", "figure2_oneshot.png", "figure3_iterative_0.50.png",
+                 "figure4_iterative_0.75.png", "figure5_iterative_0.90.png", "summary.png", "report.md",
+                 *[f"{stem}.{ext}" for stem in ("table1_oneshot", "table2_iterative_0.50", "table3_iterative_0.75",
+                                                "table4_iterative_0.90", "table5_summary") for ext in ("md", "csv")]):
+        assert (report / name).is_file() and (report / name).stat().st_size > 0, name
+    assert (report / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+KILL_ARGS = ["study", "--preset", "smoke", "--methods", "magnitude", "--schedules", "iterative",
+             "--targets", "0.75", "--baseline-epochs", "2", "--round-epochs", "2", "--no-progress", "--no-report"]
+
+
+def test_killed_study_resumes_to_the_same_results(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert cli.main([*KILL_ARGS, "--workdir", str(whole)]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "jaxprune.cli", *KILL_ARGS, "--workdir", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    results = killed / "results.csv"
+    # Kill in the middle of round 1: the baseline's 2 epochs and round 1's first are recorded.
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and len(results.read_text().splitlines()) >= 1 + 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the study finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(read_rows(results)) < 6
+    assert cli.main([*KILL_ARGS, "--workdir", str(killed)]) == 0
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    a, b = read_rows(whole / "results.csv"), read_rows(results)
+    assert len(a) == 6 and strip(a) == strip(b)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--targets", "0.5", "1.0"], "--targets must each be in (0, 1)"),
+        (["--targets", "0"], "--targets must each be in (0, 1)"),
+        (["--step", "1.5"], "--step must be in (0, 1)"),
+        (["--step", "0"], "--step must be in (0, 1)"),
+        (["--methods", "l1"], "unknown method 'l1'"),
+    ],
+)
+def test_bad_study_input(tmp_path, capsys, args, words):
+    code = cli.main(["study", "--preset", "smoke", "--workdir", str(tmp_path / "w"), *args])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
+    assert not (tmp_path / "w").exists()
+
+
+def test_mismatched_baseline_and_foreign_workdir_are_refused(tmp_path, capsys):
+    base = tmp_path / "base"
+    assert cli.main(["train", "--preset", "smoke", "--epochs", "1", "--workdir", str(base), "--no-progress"]) == 0
+    capsys.readouterr()
+    code = cli.main(["study", "--preset", "smoke", "--width", "8", "--baseline", str(base),
+                     "--workdir", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "width-4" in err and "don't match" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+    # A study dir holding another study's results is refused and left as it was.
+    s = tmp_path / "s2"
+    small = ["study", "--preset", "smoke", "--baseline", str(base), "--methods", "magnitude", "--schedules",
+             "oneshot", "--targets", "0.5", "--no-progress", "--no-report", "--workdir", str(s)]
+    assert cli.main(small) == 0
+    before = (s / "results.csv").read_bytes()
+    capsys.readouterr()
+    assert cli.main([*small, "--round-epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a different run" in err and "round_epochs: 1 there, 2 now" in err
+    assert (s / "results.csv").read_bytes() == before
+    # With a given baseline, its recorded curve is part of the results.
+    rows = read_rows(s / "results.csv")
+    assert [r["schedule"] for r in rows] == ["baseline", "oneshot"]
+
+
+def test_report_from_a_small_fixture(tmp_path):
+    fields = study.RESULT_FIELDS
+    rows = []
+    def add(schedule, method, target, rnd, sparsity, accs):
+        for e, a in enumerate(accs, start=1):
+            rows.append(dict(zip(fields, (schedule, method, target, rnd, sparsity, e, a, 0.1, 0.9, 1.0))))
+    add("baseline", "", 0.0, 0, 0.0, [0.5, 0.9, 0.93])
+    add("oneshot", "magnitude", 0.5, 1, 0.5, [0.91, 0.92])
+    add("oneshot", "magnitude", 0.9, 1, 0.9, [0.80, 0.85])
+    add("iterative", "magnitude", 0.5, 1, 0.3, [0.92, 0.925])
+    add("iterative", "magnitude", 0.5, 2, 0.51, [0.93, 0.935])
+    add("iterative", "magnitude", 0.9, 1, 0.3, [0.90, 0.91])
+    add("iterative", "magnitude", 0.9, 2, 0.51, [0.90, 0.92])
+    add("iterative", "magnitude", 0.9, 3, 0.91, [0.89, 0.88])
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    assert cli.main(["report", str(tmp_path)]) == 0
+    out = tmp_path / "report"
+    t1 = read_rows(out / "table1_oneshot.csv")
+    assert t1 == [{"sparsity (%)": "50", "magnitude": "92.00"}, {"sparsity (%)": "90", "magnitude": "85.00"}]
+    t2 = read_rows(out / "table2_iterative_0.50.csv")
+    assert [(r["round"], r["global sparsity (%)"], r["magnitude"]) for r in t2] == [("1", "30.00", "92.50"), ("2", "51.00", "93.50")]
+    t5 = read_rows(out / "table5_summary.csv")
+    assert t5 == [
+        {"sparsity (%)": "50", "magnitude one-shot": "92.00", "magnitude iterative": "93.50"},
+        {"sparsity (%)": "90", "magnitude one-shot": "85.00", "magnitude iterative": "89.00"},
+    ]
+    for name in ("figure1_baseline.png", "figure2_oneshot.png", "figure3_iterative_0.50.png", "figure4_iterative_0.90.png", "summary.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert "Table 5" in (out / "report.md").read_text()
+
+
+def test_report_without_results_is_a_one_line_error(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert "no results.csv" in capsys.readouterr().err
