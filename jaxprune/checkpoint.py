@@ -85,11 +85,12 @@ class RunCheckpoints:
         return dict(restored[META])
 
     def restore(self, epoch: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        """Restores epoch `epoch` into the shapes, dtypes and devices of `abstract_state`."""
+        """Restores epoch `epoch` into the shapes, dtypes and shardings of `abstract_state`
+        (whatever device wrote it: a GPU checkpoint restores on a CPU and vice versa)."""
         restored = self._manager.restore(
             epoch,
             args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardRestore(on_this_device(abstract_state)), META: ocp.args.JsonRestore()}
+                **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore()}
             ),
         )
         return restored[STATE], dict(restored[META])
@@ -111,13 +112,6 @@ class RunCheckpoints:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def on_this_device(abstract: Any) -> Any:
-    """ShapeDtypeStructs placed on this process's first device (a GPU-written
-    checkpoint thereby restores on a CPU, and vice versa)."""
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
 
 
 def locate(path: str | os.PathLike, which: str = "latest") -> tuple[Path, int]:

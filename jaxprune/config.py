@@ -66,6 +66,12 @@ class TrainConfig:
         "1 on a CPU, where XLA runs convolutions inside loops slowly",
         identity=False,
     )
+    devices: int = _field(
+        0,
+        "devices for data parallelism, each taking an equal share of every batch "
+        "(0 = all devices)",
+        identity=False,
+    )
     progress: bool = _field(True, "show a progress bar", identity=False)
 
     def validate(self) -> "TrainConfig":
@@ -74,6 +80,18 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "width"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.devices < 0:
+            raise ConfigError(f"--devices must be >= 0, got {self.devices}")
+        import jax  # late: validation of the rest needs no devices
+
+        n = self.devices or jax.device_count()
+        if n > jax.device_count():
+            raise ConfigError(f"--devices {n} but only {jax.device_count()} devices are present")
+        if self.batch_size % n:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} does not split evenly over {n} devices; "
+                f"use a multiple of {n} or set --devices"
+            )
         if self.steps_per_dispatch < 0:
             raise ConfigError(f"--steps-per-dispatch must be >= 0, got {self.steps_per_dispatch}")
         if self.train_subset < 0:
@@ -195,10 +213,17 @@ class StudyConfig:
     baseline: str = _field(
         "", "start from this trained checkpoint instead of training a baseline (run dir or epoch folder)"
     )
+    parallel_runs: int = _field(
+        1,
+        "train up to N independent phases at once, vmapped over a run axis of N (for example the "
+        "three one-shot targets, or the iterative chains in lockstep); each keeps its own key and "
+        "directory; results match N=1 within float rounding",
+        identity=False,
+    )
 
     def validate(self) -> "StudyConfig":
         self.train.validate()
-        for name in ("baseline_epochs", "round_epochs"):
+        for name in ("baseline_epochs", "round_epochs", "parallel_runs"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if not self.targets:

@@ -7,9 +7,8 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from jaxprune import checkpoint, config as config_lib, data, masks as masks_lib, train
+from jaxprune import checkpoint, config as config_lib, data, devices, masks as masks_lib, train
 
 
 @dataclasses.dataclass
@@ -43,7 +42,7 @@ def evaluate_checkpoint(
     folder, epoch = checkpoint.locate(path, which)
     meta = checkpoint.read_meta(folder, epoch)
     cfg = config_lib.from_dict(config_lib.TrainConfig, meta["config"])
-    overrides = {}
+    overrides = {"devices": 1}  # evaluation is cheap; any machine can do it on one device
     if data_spec:
         overrides["data"] = data_spec
     if batch_size:
@@ -52,10 +51,8 @@ def evaluate_checkpoint(
     dataset = data.load(cfg.data)
     state, _ = checkpoint.restore(folder, epoch, train.abstract_state(cfg))
     fns = train.step_fns_for(train.compile_key(cfg), 1)
-    m = fns.evaluate(
-        state.params, state.batch_stats, state.masks,
-        jnp.asarray(dataset.test_images), jnp.asarray(dataset.test_labels),
-    )
+    test_x, test_y = devices.put_replicated((dataset.test_images, dataset.test_labels), devices.mesh(cfg.devices))
+    m = fns.evaluate(state.params, state.batch_stats, state.masks, test_x, test_y)
     m = jax.device_get(m)
     return EvalResult(
         path=str(folder / str(epoch)),

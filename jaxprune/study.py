@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -199,7 +199,15 @@ def rebuild_results(workdir: Path, phases: list[Phase]) -> int:
 
 
 def run_study(cfg: config_lib.StudyConfig, workdir: str | Path, *, log=print) -> Path:
-    """Runs (or resumes) every phase of the study in `workdir`; returns results.csv's path."""
+    """Runs (or resumes) every phase of the study in `workdir`; returns results.csv's path.
+
+    Phases run in plan order; with ``parallel_runs`` N > 1, up to N phases
+    whose parents are finished and whose epochs agree train together, vmapped
+    (see `train.train_runs`). A group's results are reproducible, also across
+    a crash, except when the crash fell between two members' saves of their
+    last epoch: the unfinished members then finish in another group, whose
+    size may round their last epochs' floats differently.
+    """
     cfg.validate()
     workdir = Path(workdir)
     dataset = data.load(cfg.train.data).subset(cfg.train.train_subset)
@@ -214,19 +222,15 @@ def run_study(cfg: config_lib.StudyConfig, workdir: str | Path, *, log=print) ->
         recorded = [Phase("baseline", "", 0.0, 0, 0.0, 0.0, None), *phases]
         _copy_history(cfg.baseline, workdir / "baseline")
 
+    by_name = {p.name: p for p in phases}
+
     def parent_of(phase: Phase) -> Final:
         if phase.parent not in finals:
-            parent = next(p for p in phases if p.name == phase.parent)
+            parent = by_name[phase.parent]
             finals[phase.parent] = load_final(workdir / parent.name, phase_config(cfg, parent))
         return finals[phase.parent]
 
-    epochs_total = sum(phase_config(cfg, p).epochs for p in phases)
-    log(f"study: {len(phases)} phases, {epochs_total} epochs, in {workdir}")
-    for i, phase in enumerate(phases, start=1):
-        pcfg = phase_config(cfg, phase)
-        pdir = workdir / phase.name
-        if _finished(pdir, pcfg):
-            continue
+    def spec(phase: Phase) -> train.RunSpec:
         start = masks = None
         if phase.parent is not None:
             parent = parent_of(phase)
@@ -237,19 +241,36 @@ def run_study(cfg: config_lib.StudyConfig, workdir: str | Path, *, log=print) ->
             got = masks_lib.sparsity(masks)
             if abs(got - phase.sparsity) > 1e-9:  # the plan's counts are the masks' counts
                 raise AssertionError(f"{phase.name}: sparsity {got} but planned {phase.sparsity}")
-        result = train.train_and_evaluate(
-            pcfg, pdir, dataset=dataset, start=start, masks=masks,
-            meta={"phase": dataclasses.asdict(phase)},
-            on_epoch=lambda row: rebuild_results(workdir, recorded),
+        return train.RunSpec(
+            phase_config(cfg, phase), workdir / phase.name, start, masks, {"phase": dataclasses.asdict(phase)}
         )
-        finals[phase.name] = Final(result.state.params, result.state.batch_stats, result.state.masks)
-        # Only a chain's last phase and phases with children are needed again.
-        for name in [n for n in finals if n != "baseline" and not _has_pending_child(n, phases[i:])]:
+
+    epochs_total = sum(phase_config(cfg, p).epochs for p in phases)
+    log(f"study: {len(phases)} phases, {epochs_total} epochs, in {workdir}")
+    done = {p.name for p in phases if _finished(workdir / p.name, phase_config(cfg, p))}
+    if baseline is not None:
+        done.add("baseline")
+    pending = [p for p in phases if p.name not in done]
+    while pending:
+        ready = [p for p in pending if p.parent is None or p.parent in done]
+        epochs = phase_config(cfg, ready[0]).epochs
+        group = [p for p in ready if phase_config(cfg, p).epochs == epochs][: cfg.parallel_runs]
+        results = train.train_runs(
+            [spec(p) for p in group], dataset=dataset,
+            on_epoch=lambda _, row: rebuild_results(workdir, recorded),
+        )
+        for phase, result in zip(group, results):
+            finals[phase.name] = Final(result.state.params, result.state.batch_stats, result.state.masks)
+            done.add(phase.name)
+            pending.remove(phase)
+            log(
+                f"[{len(done) - (baseline is not None)}/{len(phases)}] {phase.name}: "
+                f"sparsity {100 * phase.sparsity:.2f}%, best test accuracy {100 * result.best_test_acc:.2f}%"
+            )
+        # Keep only the weights that pending phases will prune.
+        needed = {p.parent for p in pending}
+        for name in [n for n in finals if n not in needed]:
             del finals[name]
-        log(
-            f"[{i}/{len(phases)}] {phase.name}: sparsity {100 * phase.sparsity:.2f}%, "
-            f"best test accuracy {100 * result.best_test_acc:.2f}%"
-        )
     rebuild_results(workdir, recorded)
     return workdir / "results.csv"
 
@@ -259,15 +280,3 @@ def _copy_history(path: str, dest: Path) -> None:
     history = checkpoint.read_meta(folder, epoch).get("history", [])
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-
-
-def _has_pending_child(name: str, pending: list[Phase]) -> bool:
-    return any(p.parent == name for p in pending)
-
-
-def chain_rounds(phases: list[Phase]) -> Iterator[tuple[str, list[Phase]]]:
-    """Phases grouped by chain, in plan order."""
-    chains: dict[str, list[Phase]] = {}
-    for p in phases:
-        chains.setdefault(p.chain, []).append(p)
-    yield from chains.items()

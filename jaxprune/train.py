@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 import jaxprune
-from jaxprune import checkpoint, config as config_lib, data, masks as masks_lib
+from jaxprune import checkpoint, config as config_lib, data, devices, masks as masks_lib
 from jaxprune.models import ResNet18, init_variables
 
 METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
@@ -70,7 +70,7 @@ def make_optimizer(cfg: config_lib.TrainConfig, total_steps: int) -> optax.Gradi
 
 
 def create_train_state(
-    variables: dict, tx: optax.GradientTransformation, seed: int, masks: Any = None
+    variables: dict, tx: optax.GradientTransformation, seed: int, masks: Any = None, mesh=None
 ) -> TrainState:
     """A fresh optimiser over a copy of `variables`, params masked so pruned weights start at 0."""
     params = variables["params"]
@@ -88,7 +88,7 @@ def create_train_state(
     # `variables` may be needed again (a parent pruned to several targets);
     # committed, so the step's outputs match its inputs and it never recompiles.
     state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
-    return jax.device_put(state, jax.local_devices()[0])
+    return devices.put_replicated(state, mesh if mesh is not None else devices.mesh())
 
 
 # ---------------------------------------------------------------- pure steps
@@ -119,10 +119,10 @@ def _keys(state: TrainState):
 
 
 @functools.lru_cache(maxsize=8)
-def step_fns_for(cfg: config_lib.TrainConfig, total_steps: int) -> StepFns:
+def step_fns_for(cfg: config_lib.TrainConfig, total_steps: int, runs: bool = False) -> StepFns:
     """The compiled functions for a config, shared by every run (and pruning
     round) with the same shapes and recipe, so none compiles twice."""
-    return make_step_fns(build_model(cfg), make_optimizer(cfg, total_steps), cfg)
+    return make_step_fns(build_model(cfg), make_optimizer(cfg, total_steps), cfg, runs=runs)
 
 
 def compile_key(cfg: config_lib.TrainConfig) -> config_lib.TrainConfig:
@@ -130,11 +130,26 @@ def compile_key(cfg: config_lib.TrainConfig) -> config_lib.TrainConfig:
     return dataclasses.replace(cfg, data="", train_subset=0, epochs=1, seed=0, progress=False)
 
 
-def make_step_fns(model, tx, cfg: config_lib.TrainConfig) -> StepFns:
-    """Builds train_step, train_epoch (jitted, state donated) and evaluate (jitted)."""
+def make_step_fns(model, tx, cfg: config_lib.TrainConfig, runs: bool = False) -> StepFns:
+    """Builds train_step, train_epoch (jitted, state donated) and evaluate (jitted).
+
+    With runs=True every function takes states stacked along a leading run
+    axis (independent runs, each with its own key, masks and weights) and
+    `jax.vmap`s over it; the data set is shared.
+    """
+
+    mesh = devices.mesh(cfg.devices)
+
+    def split(x, axis=0):
+        # Data parallelism: the batch is divided among the devices; XLA adds
+        # the all-reduces. A no-op on one device.
+        if mesh.size == 1:
+            return x
+        return jax.lax.with_sharding_constraint(x, devices.batch_split(mesh, axis))
 
     def train_step(state: TrainState, images, labels):
         """One masked SGD step on a uint8 batch. Returns (state, (loss_sum, correct))."""
+        images, labels = split(images), split(labels)
         _, aug_key = _keys(state)
         if cfg.augment:
             images = data.augment(jax.random.fold_in(aug_key, state.step), images)
@@ -168,7 +183,6 @@ def make_step_fns(model, tx, cfg: config_lib.TrainConfig) -> StepFns:
         )
         return new, (loss_sum, correct)
 
-    @functools.partial(jax.jit, static_argnames="n")
     def epoch_batches(state: TrainState, epoch, n: int):
         """(steps, batch) indices into the training split: a fresh permutation per epoch."""
         order_key, _ = _keys(state)
@@ -176,7 +190,6 @@ def make_step_fns(model, tx, cfg: config_lib.TrainConfig) -> StepFns:
         steps = n // cfg.batch_size
         return perm[: steps * cfg.batch_size].reshape(steps, cfg.batch_size)
 
-    @functools.partial(jax.jit, donate_argnums=0)
     def train_chunk(state: TrainState, images, labels, batches):
         """A scan of train steps over the rows of `batches`: one dispatch."""
 
@@ -198,26 +211,25 @@ def make_step_fns(model, tx, cfg: config_lib.TrainConfig) -> StepFns:
         device until the caller reads them.
         """
         n = images.shape[0]
-        batches = epoch_batches(state, epoch, n=n)
-        steps = batches.shape[0]
+        batches = batches_fn(state, epoch, n)  # (steps, batch), or (runs, steps, batch)
+        steps = batches.shape[-2]
         chunk = dispatch_steps(cfg, steps)
         loss_sum, correct = 0.0, 0
         for start in range(0, steps, chunk):
-            state, l, c = train_chunk(state, images, labels, batches[start : start + chunk])
+            state, l, c = chunk_fn(state, images, labels, batches[..., start : start + chunk, :])
             loss_sum, correct = loss_sum + l, correct + c
         seen = steps * cfg.batch_size
         return state, {"train_loss": loss_sum / seen, "train_acc": correct / seen}
 
-    @jax.jit
     def evaluate(params, batch_stats, masks, images, labels):
         """Loss and accuracy over every image (the last batch is padded, the padding ignored)."""
         n = images.shape[0]
-        b = min(cfg.eval_batch_size, n)
+        b = -(-min(cfg.eval_batch_size, n) // mesh.size) * mesh.size  # splits evenly over devices
         nb = -(-n // b)
         pad = nb * b - n
-        images = jnp.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0))).reshape(nb, b, *images.shape[1:])
-        labels = jnp.pad(labels, (0, pad)).reshape(nb, b)
-        valid = (jnp.arange(nb * b) < n).reshape(nb, b)
+        images = split(jnp.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0))).reshape(nb, b, *images.shape[1:]), 1)
+        labels = split(jnp.pad(labels, (0, pad)).reshape(nb, b), 1)
+        valid = split((jnp.arange(nb * b) < n).reshape(nb, b), 1)
         variables = {"params": masks_lib.apply_masks(params, masks), "batch_stats": batch_stats}
 
         def body(carry, batch):
@@ -230,8 +242,20 @@ def make_step_fns(model, tx, cfg: config_lib.TrainConfig) -> StepFns:
         (loss, correct), _ = jax.lax.scan(body, (jnp.zeros(()), jnp.zeros((), jnp.int32)), (images, labels, valid))
         return {"test_loss": loss / n, "test_acc": correct / n}
 
+    def batches_of(state, epoch, n):
+        f = functools.partial(epoch_batches, n=n)
+        return (jax.vmap(f, in_axes=(0, None)) if runs else f)(state, epoch)
+
+    # New names: the closures above must keep calling the per-run versions.
+    step_fn, chunk_one, eval_fn = train_step, train_chunk, evaluate
+    if runs:
+        step_fn = jax.vmap(train_step, in_axes=(0, None, None))
+        chunk_one = jax.vmap(train_chunk, in_axes=(0, None, None, 0))
+        eval_fn = jax.vmap(evaluate, in_axes=(0, 0, 0, None, None))
+    batches_fn = jax.jit(batches_of, static_argnums=2)
+    chunk_fn = jax.jit(chunk_one, donate_argnums=0)
     return StepFns(
-        train_epoch=train_epoch, evaluate=evaluate, train_step=jax.jit(train_step), train_chunk=train_chunk
+        train_epoch=train_epoch, evaluate=jax.jit(eval_fn), train_step=jax.jit(step_fn), train_chunk=chunk_fn
     )
 
 
@@ -290,15 +314,176 @@ def append_metric_logs(workdir: Path, row: dict[str, Any]) -> None:
 
 
 def abstract_state(cfg: config_lib.TrainConfig, tx=None) -> TrainState:
-    """Shapes and dtypes of a TrainState for `cfg`, without computing anything."""
+    """Shapes, dtypes and (replicated) shardings of a TrainState for `cfg`, computing nothing.
+
+    The restore target for checkpoints: a checkpoint written on any device
+    restores onto the devices this process uses.
+    """
     model = build_model(cfg)
     tx = tx or make_optimizer(cfg, 1)
 
     def make():
         variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-        return create_train_state(variables, tx, 0)
+        params = variables["params"]
+        return TrainState(
+            params=params, batch_stats=variables["batch_stats"], opt_state=tx.init(params),
+            masks=masks_lib.init_masks(params), step=jnp.zeros((), jnp.int32),
+            key=jax.random.key_data(jax.random.key(0)),
+        )
 
-    return jax.eval_shape(make)
+    return devices.abstract_replicated(jax.eval_shape(make), devices.mesh(cfg.devices))
+
+
+@dataclasses.dataclass
+class RunSpec:
+    """One run for `train_runs`: its config, directory and starting point."""
+
+    cfg: config_lib.TrainConfig
+    workdir: Path
+    start: dict | None = None  # {'params', 'batch_stats'}; else a fresh init from cfg.seed
+    masks: Any = None  # pruning masks to train under; else all kept
+    meta: dict[str, Any] | None = None  # extra JSON in every checkpoint's metadata
+
+
+class _Run:
+    """One run's directory: its claim, checkpoints, metric logs and history."""
+
+    def __init__(self, spec: RunSpec, tx, mesh):
+        self.spec, self.cfg, self.workdir = spec, spec.cfg, Path(spec.workdir)
+        claim_workdir(self.workdir, self.cfg)
+        self.ckpts = checkpoint.RunCheckpoints(self.workdir / "checkpoints")
+        latest = self.ckpts.latest()
+        if latest is not None:
+            self.state, saved = self.ckpts.restore(latest, abstract_state(self.cfg, tx))
+            self.history = saved["history"]
+        else:
+            start = spec.start if spec.start is not None else init_variables(build_model(self.cfg), self.cfg.seed)
+            self.state = create_train_state(start, tx, self.cfg.seed, spec.masks, mesh)
+            self.history = []
+        write_metric_logs(self.workdir, self.history)
+
+    @property
+    def done(self) -> bool:
+        return len(self.history) >= self.cfg.epochs
+
+    def record(self, state: TrainState, row: dict[str, Any]) -> None:
+        self.state = state
+        self.history.append(row)
+        append_metric_logs(self.workdir, row)
+        self.ckpts.save(row["epoch"], state, {
+            **(self.spec.meta or {}),
+            "metrics": row,
+            "history": self.history,
+            "config": config_lib.to_dict(self.cfg),
+            "jaxprune_version": jaxprune.__version__,
+        })
+
+
+def _stack(states):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def _unstack(stacked, n):
+    return [jax.tree.map(lambda x: x[i], stacked) for i in range(n)]
+
+
+def train_runs(
+    specs: list[RunSpec],
+    *,
+    dataset: data.Dataset | None = None,
+    on_epoch: Callable[[RunSpec, dict[str, Any]], None] | None = None,
+    run_axis: int | None = None,
+) -> list[RunResult]:
+    """Trains several independent runs at once, `jax.vmap`ped over a run axis.
+
+    The runs share the recipe (configs equal but for the seed) and the data
+    set on the device; each has its own key, weights, masks, directory and
+    checkpoints, and each resumes on its own. Runs that a crash left at
+    different epochs first catch up.
+
+    run_axis (default: the number of runs) is the size of the vmapped run
+    axis; runs that are fewer (a lagging subset after a crash, a study's last
+    group) are padded with throwaway copies. XLA rounds a convolution batched
+    over N runs slightly differently from a single one, and differently for
+    each N, but identically whatever a run's partners and position: so with a
+    fixed run_axis results depend neither on the grouping nor on crashes and
+    resumes. run_axis=1 trains each run with the plain program, as
+    `train_and_evaluate` does.
+    """
+    run_axis = run_axis or len(specs)
+    if run_axis < len(specs):
+        raise ValueError(f"run_axis {run_axis} is smaller than the {len(specs)} runs")
+    batched = run_axis > 1
+    if not specs:
+        return []
+    for spec in specs:
+        spec.cfg.validate()
+    cfg = specs[0].cfg
+    if any(compile_key(s.cfg) != compile_key(cfg) or s.cfg.epochs != cfg.epochs for s in specs):
+        raise config_lib.ConfigError("runs trained together must share their recipe (all but the seed)")
+    if dataset is None:
+        dataset = data.load(cfg.data)
+    dataset = dataset.subset(cfg.train_subset)
+    n_steps = steps_per_epoch(cfg, len(dataset.train_labels))
+    if n_steps == 0:
+        raise config_lib.ConfigError(
+            f"--batch-size {cfg.batch_size} is larger than the {len(dataset.train_labels)} training images"
+        )
+    total = n_steps * cfg.epochs
+    tx = make_optimizer(cfg, total)
+    schedule = learning_rate(cfg, total)
+    mesh = devices.mesh(cfg.devices)
+    runs: list[_Run] = []
+    try:
+        for spec in specs:  # each claims its directory only now, so bad input writes nothing
+            runs.append(_Run(spec, tx, mesh))
+        # The whole data set lives on every device; batches are gathered there.
+        train_x, train_y, test_x, test_y = devices.put_replicated(
+            (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels), mesh
+        )
+        bar = _progress(cfg, runs)
+        group, stacked = None, None
+        while not all(r.done for r in runs):
+            epoch = min(len(r.history) for r in runs if not r.done) + 1
+            members = tuple(i for i, r in enumerate(runs) if len(r.history) + 1 == epoch)
+            t0 = time.perf_counter()
+            if not batched:
+                fns = step_fns_for(compile_key(cfg), total)
+                states, metrics = [], []
+                for i in members:
+                    state, train_m = fns.train_epoch(runs[i].state, train_x, train_y, epoch)
+                    test_m = fns.evaluate(state.params, state.batch_stats, state.masks, test_x, test_y)
+                    states.append(state)
+                    metrics.append({**train_m, **test_m})
+            else:
+                fns = step_fns_for(compile_key(cfg), total, runs=True)
+                if group != members:
+                    padded = [*members, *[members[0]] * (run_axis - len(members))]
+                    group, stacked = members, _stack([runs[i].state for i in padded])
+                stacked, train_m = fns.train_epoch(stacked, train_x, train_y, epoch)
+                test_m = fns.evaluate(stacked.params, stacked.batch_stats, stacked.masks, test_x, test_y)
+                states = _unstack(stacked, len(members))
+                metrics = [{k: v[j] for k, v in {**train_m, **test_m}.items()} for j in range(len(members))]
+            metrics = jax.device_get(metrics)  # the epoch's one host sync
+            seconds = (time.perf_counter() - t0) / len(members)
+            for i, state, m in zip(members, states, metrics):
+                row = {
+                    "epoch": epoch,
+                    "step": epoch * n_steps,
+                    "lr": float(schedule(epoch * n_steps - 1)),
+                    **{k: float(v) for k, v in m.items()},
+                    "seconds": seconds,
+                }
+                runs[i].record(state, row)
+                if on_epoch:
+                    on_epoch(runs[i].spec, row)
+                bar.update(1)
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{100 * row['test_acc']:.2f}%")
+        bar.close()
+    finally:
+        for r in runs:
+            r.ckpts.close()
+    return [RunResult(r.state, r.history) for r in runs]
 
 
 def train_and_evaluate(
@@ -322,74 +507,16 @@ def train_and_evaluate(
       meta: extra JSON saved in every checkpoint's metadata (e.g. the pruning round).
       on_epoch: called with each new epoch's metrics row.
     """
-    cfg.validate()
-    workdir = Path(workdir)
-    if dataset is None:
-        dataset = data.load(cfg.data)
-    dataset = dataset.subset(cfg.train_subset)
-    n_steps = steps_per_epoch(cfg, len(dataset.train_labels))
-    if n_steps == 0:
-        raise config_lib.ConfigError(
-            f"--batch-size {cfg.batch_size} is larger than the {len(dataset.train_labels)} training images"
-        )
-    claim_workdir(workdir, cfg)  # only now, so bad input writes nothing
-    tx = make_optimizer(cfg, n_steps * cfg.epochs)
-    fns = step_fns_for(compile_key(cfg), n_steps * cfg.epochs)
-    schedule = learning_rate(cfg, n_steps * cfg.epochs)
-
-    ckpts = checkpoint.RunCheckpoints(workdir / "checkpoints")
-    try:
-        latest = ckpts.latest()
-        if latest is not None:
-            state, saved = ckpts.restore(latest, abstract_state(cfg, tx))
-            history = saved["history"]
-        else:
-            variables = start if start is not None else init_variables(build_model(cfg), cfg.seed)
-            state = create_train_state(variables, tx, cfg.seed, masks)
-            history = []
-        write_metric_logs(workdir, history)
-
-        train_x, train_y = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
-        test_x, test_y = jnp.asarray(dataset.test_images), jnp.asarray(dataset.test_labels)
-        bar = _progress(cfg, workdir, len(history))
-        for epoch in range(len(history) + 1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            state, train_m = fns.train_epoch(state, train_x, train_y, epoch)
-            test_m = fns.evaluate(state.params, state.batch_stats, state.masks, test_x, test_y)
-            m = jax.device_get({**train_m, **test_m})  # the epoch's one host sync
-            row = {
-                "epoch": epoch,
-                "step": epoch * n_steps,
-                "lr": float(schedule(epoch * n_steps - 1)),
-                **{k: float(v) for k, v in m.items()},
-                "seconds": time.perf_counter() - t0,
-            }
-            history.append(row)
-            append_metric_logs(workdir, row)
-            ckpts.save(
-                epoch,
-                state,
-                {
-                    **(meta or {}),
-                    "metrics": row,
-                    "history": history,
-                    "config": config_lib.to_dict(cfg),
-                    "jaxprune_version": jaxprune.__version__,
-                },
-            )
-            if on_epoch:
-                on_epoch(row)
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{100 * row['test_acc']:.2f}%")
-            bar.update(1)
-        bar.close()
-    finally:
-        ckpts.close()
-    return RunResult(state, history)
+    spec = RunSpec(cfg, Path(workdir), start, masks, meta)
+    callback = (lambda _, row: on_epoch(row)) if on_epoch else None
+    return train_runs([spec], dataset=dataset, on_epoch=callback)[0]
 
 
-def _progress(cfg, workdir: Path, done: int):
+def _progress(cfg, runs: list[_Run]):
     from tqdm.auto import tqdm
 
+    desc = runs[0].workdir.name if len(runs) == 1 else f"{runs[0].workdir.parent.name}/... ({len(runs)} runs)"
     return tqdm(
-        total=cfg.epochs, initial=done, desc=workdir.name, unit="epoch", disable=not cfg.progress, leave=True
+        total=sum(r.cfg.epochs for r in runs), initial=sum(len(r.history) for r in runs),
+        desc=desc, unit="epoch", disable=not cfg.progress, leave=True,
     )
