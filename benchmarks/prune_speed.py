@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxprune
+from timing import median_seconds
 from jaxprune import selection
 from jaxprune.models import ResNet18
 
@@ -37,13 +38,7 @@ def gaussian_params(width: int, seed: int = 0):
 
 
 def median_ms(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # warm-up: compiles
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(fn, repeats)
 
 
 def time_jaxprune(params, repeats: int) -> dict[str, float]:

@@ -14,32 +14,20 @@ on a CPU). Achieved TFLOP/s use XLA's own FLOP count of the compiled step.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxprune
+from timing import add_model_args, median_seconds
 from jaxprune import config, data, train
 from jaxprune.models import init_variables
 
 
-def median_s(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--width", type=int, default=64, help="ResNet18 width (64 = full size)")
-    p.add_argument("--batch", type=int, default=128, help="images per step")
+    add_model_args(p)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
     p.add_argument("--steps", type=int, default=50, help="steps per timed dispatch (the scan length on accelerators)")
     p.add_argument("--repeats", type=int, default=5, help="timed dispatches; the median is printed")
@@ -79,7 +67,7 @@ def main() -> None:
             state, loss, _ = fns.train_chunk(state, images, labels, batches[start : start + per_dispatch])
         return loss
 
-    t_train = median_s(run_train, args.repeats)
+    t_train = median_seconds(run_train, args.repeats)
 
     @jax.jit
     def pipeline(key):
@@ -88,7 +76,7 @@ def main() -> None:
             return acc + x.sum(), None
         return jax.lax.scan(body, jnp.zeros(()), jnp.arange(args.steps))[0]
 
-    t_pipe = median_s(lambda: pipeline(jax.random.key(1)), args.repeats)
+    t_pipe = median_seconds(lambda: pipeline(jax.random.key(1)), args.repeats)
 
     flops = None
     try:
