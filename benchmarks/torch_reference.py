@@ -4,6 +4,11 @@ torch.nn.utils.prune masks, and the standard per-sample DataLoader pipeline.
     python benchmarks/torch_reference.py [--width 64] [--batch 128] [--dtype bfloat16] [--steps 50]
 
 Imported by study_speed.py, which prints the ratio; runnable alone too.
+
+Known problem: on the 2-core CPU machine, torch 2.13's CPU backward pass hung
+intermittently (seen at widths 4 and 8, in and out of this script; not
+reproducible on demand). When a run makes no progress for a minute, stop and rerun
+it. The comparison the project needs is on a GPU.
 """
 
 from __future__ import annotations
