@@ -64,13 +64,17 @@ class RunCheckpoints:
         if value is not None and (self._best is None or value > self._best[0]):
             self._best = (value, epoch)
 
-    def save(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
-        """Starts saving `state` and `meta` as `epoch`; returns before the write ends."""
-        self._manager.wait_until_finished()  # earlier saves are now complete
+    def _finish_and_prune(self) -> None:
+        """Waits for pending saves, then deletes every epoch but the latest and the best."""
+        self._manager.wait_until_finished()  # only complete epochs count as latest
         keep = {self.latest(), self.best()}
         for old in self.epochs():
             if old not in keep:
                 self._manager.delete(old)
+
+    def save(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
+        """Starts saving `state` and `meta` as `epoch`; returns before the write ends."""
+        self._finish_and_prune()
         meta = {**meta, "epoch": epoch, "kind": KIND}
         self._manager.save(
             epoch,
@@ -100,11 +104,7 @@ class RunCheckpoints:
 
     def close(self) -> None:
         """Waits for the last save, keeps only the latest and best, releases Orbax's threads."""
-        self._manager.wait_until_finished()
-        keep = {self.latest(), self.best()}
-        for old in self.epochs():
-            if old not in keep:
-                self._manager.delete(old)
+        self._finish_and_prune()
         self._manager.close()
 
     def __enter__(self):

@@ -70,14 +70,12 @@ def make_optimizer(cfg: config_lib.TrainConfig, total_steps: int) -> optax.Gradi
     )
 
 
-def create_train_state(
-    variables: dict, tx: optax.GradientTransformation, seed: int, masks: Any = None, mesh=None
-) -> TrainState:
-    """A fresh optimiser over a copy of `variables`, params masked so pruned weights start at 0."""
+def _new_state(variables: dict, tx: optax.GradientTransformation, seed: int, masks: Any = None) -> TrainState:
+    """The state at step 0 (traceable, so `abstract_state` can take its shapes)."""
     params = variables["params"]
     masks = masks_lib.init_masks(params) if masks is None else masks
     params = masks_lib.apply_masks(params, masks)
-    state = TrainState(
+    return TrainState(
         params=params,
         batch_stats=variables["batch_stats"],
         opt_state=tx.init(params),
@@ -85,6 +83,13 @@ def create_train_state(
         step=jnp.zeros((), jnp.int32),
         key=jax.random.key_data(jax.random.key(seed)),
     )
+
+
+def create_train_state(
+    variables: dict, tx: optax.GradientTransformation, seed: int, masks: Any = None, mesh=None
+) -> TrainState:
+    """A fresh optimiser over a copy of `variables`, params masked so pruned weights start at 0."""
+    state = _new_state(variables, tx, seed, masks)
     # Fresh buffers, since the train step donates (consumes) its state while
     # `variables` may be needed again (a parent pruned to several targets);
     # committed, so the step's outputs match its inputs and it never recompiles.
@@ -328,13 +333,7 @@ def abstract_state(cfg: config_lib.TrainConfig, tx=None) -> TrainState:
     tx = tx or make_optimizer(cfg, 1)
 
     def make():
-        variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-        params = variables["params"]
-        return TrainState(
-            params=params, batch_stats=variables["batch_stats"], opt_state=tx.init(params),
-            masks=masks_lib.init_masks(params), step=jnp.zeros((), jnp.int32),
-            key=jax.random.key_data(jax.random.key(0)),
-        )
+        return _new_state(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False), tx, 0)
 
     return devices.abstract_replicated(jax.eval_shape(make), devices.mesh(cfg.devices))
 
