@@ -322,19 +322,11 @@ def _check_method(method: str, key) -> Callable:
     return METHODS[method]
 
 
-def _on_cpu(x) -> bool:
-    return isinstance(x, np.ndarray) or (
-        isinstance(x, jax.Array)
-        and not isinstance(x, jax.core.Tracer)
-        and all(d.platform == "cpu" for d in x.devices())
-    )
-
-
 def _kept_counts(masks: Sequence) -> list[int]:
     """Number of True entries per mask, in one device round trip."""
     # On the CPU numpy counts ~10x faster than an XLA reduction, with no copy.
     sums = [
-        np.count_nonzero(np.asarray(m)) if _on_cpu(m) else jnp.sum(m, dtype=jnp.int32)
+        np.count_nonzero(np.asarray(m)) if selection.on_cpu(m) else jnp.sum(m, dtype=jnp.int32)
         for m in masks
     ]
     return [int(s) for s in jax.device_get(sums)]
@@ -434,11 +426,15 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     """Params with pruned weights set to exactly 0 (+0.0); jittable."""
     entries, _ = _entries(params, masks)
     del entries  # validation only
-    return jax.tree.map(
-        lambda p, m: p if np.ndim(m) == 0 else jnp.where(m, p, jnp.zeros((), p.dtype)),
-        params,
-        masks,
-    )
+    return jax.tree.map(zero_pruned, params, masks)
+
+
+def zero_pruned(x, mask):
+    """One leaf: `x` with the entries its mask prunes set to 0; a 0-d mask keeps `x` whole.
+
+    For leaves that mirror a param without being one (e.g. optimiser momentum).
+    """
+    return x if np.ndim(mask) == 0 else jnp.where(mask, x, jnp.zeros((), x.dtype))
 
 
 # --------------------------------------------------------------------------

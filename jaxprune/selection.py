@@ -60,15 +60,17 @@ def select_lowest(
     raise ValueError(f"unknown selection impl {impl!r}; use 'numpy' or 'jax'")
 
 
+def on_cpu(x) -> bool:
+    """Whether `x` lives in host memory: a numpy array, or a concrete jax array on CPU devices."""
+    return isinstance(x, np.ndarray) or (
+        isinstance(x, jax.Array)
+        and not isinstance(x, jax.core.Tracer)
+        and all(d.platform == "cpu" for d in x.devices())
+    )
+
+
 def _all_on_cpu(arrays: Sequence) -> bool:
-    for a in arrays:
-        if isinstance(a, np.ndarray):
-            continue
-        if isinstance(a, jax.core.Tracer):
-            return False
-        if any(d.platform != "cpu" for d in a.devices()):
-            return False
-    return True
+    return all(on_cpu(a) for a in arrays)
 
 
 def _select_numpy(keys: list[np.ndarray], k: int) -> list[np.ndarray]:

@@ -182,7 +182,7 @@ def make_step_fns(model, tx, cfg: config_lib.TrainConfig, runs: bool = False, ma
             # Momentum of pruned weights: 0, even if the optimiser state predates the mask.
             opt_state = optax.tree_utils.tree_map_params(
                 tx,
-                lambda v, m: v if np.ndim(m) == 0 else jnp.where(m, v, jnp.zeros((), v.dtype)),
+                masks_lib.zero_pruned,
                 opt_state,
                 state.masks,
                 transform_non_params=lambda v: v,
