@@ -4,6 +4,7 @@
     jaxprune evaluate CHECKPOINT [--data SPEC] [--best]           test accuracy + sparsity
     jaxprune study    [--preset NAME] [--workdir DIR] [options]   the whole pruning study
     jaxprune report   WORKDIR                                     figures and tables
+    jaxprune data     cifar10 [DIR] [--from FILE]                 download CIFAR-10 for --data
 
 Every config field is an option, with its documentation as help. A user's
 mistake ends in one line on stderr and exit status 2, with nothing written.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jaxprune import config as config_lib
+from jaxprune import data as data_lib
 
 EXIT_USAGE = 2
 
@@ -156,7 +158,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from jaxprune import download
+
+    got = download.fetch_cifar10(args.dir, source=args.source, progress=not args.no_progress)
+    counts = f"{got.n_train:,} training and {got.n_test:,} test images"
+    if got.written:
+        print(f"{got.folder}: CIFAR-10 written ({counts}); use --data cifar10-bin:{args.dir}")
+    else:
+        print(f"{got.folder}: CIFAR-10 already present ({counts}); left as it is")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "study": cmd_study, "report": cmd_report}
+COMMANDS["data"] = cmd_data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,6 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("workdir", help="a study directory (or its results.csv)")
     p.add_argument("--out", help="output folder (default: WORKDIR/report)")
+
+    p = sub.add_parser(
+        "data",
+        help="download a real data set (CIFAR-10) for --data",
+        description="Download the CIFAR-10 binary version (170 MB) from www.cs.toronto.edu, check "
+        "its size, MD5 and SHA-256, and unpack it into DIR/cifar-10-batches-bin/, the layout "
+        "--data cifar10-bin:DIR reads. Valid data already in DIR is left alone. A failed run "
+        "leaves nothing behind.",
+    )
+    p.add_argument("dataset", choices=["cifar10"], help="the data set to fetch: cifar10")
+    p.add_argument("dir", nargs="?", default=data_lib.DEFAULT_CIFAR10_DIR, metavar="DIR",
+                   help="where to put it (default: %(default)s, the default --data's directory)")
+    p.add_argument("--from", dest="source", metavar="FILE",
+                   help="use this already-downloaded cifar-10-binary.tar.gz instead of downloading "
+                        "(checked the same way)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while downloading or checking")
     return parser
 
 

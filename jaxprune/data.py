@@ -32,7 +32,7 @@ NUM_CLASSES = 10
 RECORD_BYTES = 1 + 32 * 32 * 3
 TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST_FILE = "test_batch.bin"
-DEFAULT_CIFAR10_DIR = "~/.cache/cifar10"  # where shared/data/cifar10.py writes by default
+DEFAULT_CIFAR10_DIR = "~/.cache/cifar10"  # where `jaxprune data cifar10` writes by default
 
 
 class DataError(ValueError):
@@ -125,16 +125,22 @@ def write_cifar10_bin(path: str | os.PathLike, images: np.ndarray, labels: np.nd
     records.tofile(path)
 
 
+def cifar10_folder(directory: str | os.PathLike) -> Path:
+    """The folder holding the .bin files: DIR/cifar-10-batches-bin if it exists, else DIR."""
+    root = Path(os.path.expanduser(str(directory)))
+    return root / "cifar-10-batches-bin" if (root / "cifar-10-batches-bin").is_dir() else root
+
+
 def load_cifar10_bin(directory: str | os.PathLike) -> Dataset:
     root = Path(os.path.expanduser(str(directory)))
-    folder = root / "cifar-10-batches-bin" if (root / "cifar-10-batches-bin").is_dir() else root
+    folder = cifar10_folder(root)
     missing = [f for f in (*TRAIN_FILES, TEST_FILE) if not (folder / f).is_file()]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise DataError(
             f"no CIFAR-10 binary data in {root}: missing {missing[0]}{more}. "
-            "Expected cifar-10-batches-bin/ (the 'CIFAR-10 binary version'); build it "
-            "offline with `python shared/data/cifar10.py DIR` or use --data synthetic"
+            "Expected cifar-10-batches-bin/ (the 'CIFAR-10 binary version'); download it "
+            f"with `jaxprune data cifar10 {root}` or use --data synthetic"
         )
     parts = [read_cifar10_bin(folder / f) for f in TRAIN_FILES]
     test_images, test_labels = read_cifar10_bin(folder / TEST_FILE)
