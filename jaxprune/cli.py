@@ -4,6 +4,7 @@
     jaxprune evaluate CHECKPOINT [--data SPEC] [--best]           test accuracy + sparsity
     jaxprune study    [--preset NAME] [--workdir DIR] [options]   the whole pruning study
     jaxprune report   WORKDIR                                     figures and tables
+    jaxprune export   RUN_OR_PHASE_DIR OUT_DIR [--which best]     PyTorch safetensors
     jaxprune data     cifar10 [DIR] [--from FILE]                 download CIFAR-10 for --data
 
 Every config field is an option, with its documentation as help. A user's
@@ -174,6 +175,22 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "study": cmd_study, "r
 COMMANDS["data"] = cmd_data
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from jaxprune import export
+
+    info = export.export(args.run, args.out_dir, which=args.which)
+    acc = info["metrics"].get("test_acc")
+    acc = f", test accuracy {100 * acc:.2f}%" if acc is not None else ""
+    print(
+        f"{args.out_dir}: epoch {info['source']['epoch']} ({args.which}) of {args.run}, "
+        f"global sparsity {100 * info['sparsity']['global']:.2f}%{acc}"
+    )
+    return 0
+
+
+COMMANDS["export"] = cmd_export
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="jaxprune",
@@ -245,6 +262,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use this already-downloaded cifar-10-binary.tar.gz instead of downloading "
                         "(checked the same way)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while downloading or checking")
+
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint as a PyTorch state_dict (safetensors) for kuangliu's ResNet18",
+        description="Write OUT_DIR/model.safetensors (a state_dict that kuangliu/pytorch-cifar's "
+        "ResNet18 loads with strict=True, pruned weights exactly 0), OUT_DIR/masks.safetensors "
+        "(bool, True = kept, under the same keys) and OUT_DIR/config.json (the run's config, the "
+        "epoch, its metrics and the sparsity, global and per layer). OUT_DIR must be new, empty, "
+        "or a previous export, which is replaced; a failure leaves it as it was.",
+    )
+    p.add_argument("run", metavar="RUN_OR_PHASE_DIR",
+                   help="a training run or study phase directory, its checkpoints/ folder, or one "
+                        "epoch's folder (which then overrides --which)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the three files into")
+    p.add_argument("--which", choices=("best", "latest"), default="best",
+                   help="best: the epoch with the highest test accuracy; latest: the last saved "
+                        "epoch (default: %(default)s)")
     return parser
 
 
@@ -269,9 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxprune.report import ReportError
     from jaxprune.study import StudyError
     from jaxprune.train import RunDirError
+    from jaxprune.export import ExportError
 
     user_errors = (UsageError, config_lib.ConfigError, DataError, CheckpointError, RunDirError,
-                   StudyError, ReportError)
+                   StudyError, ReportError, ExportError)
     try:
         return COMMANDS[args.command](args)
     except user_errors as e:

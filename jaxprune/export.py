@@ -1,0 +1,364 @@
+"""Export a checkpoint as a PyTorch state_dict for kuangliu/pytorch-cifar's ResNet18, in safetensors.
+
+The target is ``ResNet18()`` of models/resnet.py in
+github.com/kuangliu/pytorch-cifar (width-scaled when the run's width is not
+64), which loads the export with ``strict=True``::
+
+    from safetensors.torch import load_file
+    model = ResNet18()
+    model.load_state_dict(load_file("OUT_DIR/model.safetensors"), strict=True)
+    model.eval()  # logits equal jaxprune's eval-mode logits (float32 rounding aside)
+
+Names (Flax module -> torch module): ``stem_conv`` -> ``conv1``, ``stem_bn`` ->
+``bn1``, ``layerS_B/{conv1,bn1,conv2,bn2}`` -> ``layerS.B.{conv1,bn1,conv2,bn2}``,
+``layerS_B/shortcut_conv`` -> ``layerS.B.shortcut.0``, ``layerS_B/shortcut_bn``
+-> ``layerS.B.shortcut.1``, ``head`` -> ``linear``.
+
+Tensors: conv ``kernel`` (kh, kw, in, out) HWIO -> ``weight`` (out, in, kh, kw)
+OIHW; dense ``kernel`` (in, out) -> ``weight`` (out, in); ``bias`` -> ``bias``;
+BatchNorm ``scale`` -> ``weight``, ``bias`` -> ``bias``, batch_stats ``mean`` ->
+``running_mean``, ``var`` -> ``running_var``. All float32 and C-contiguous, with
+pruned weights exactly +0.0. Both frameworks' eval-mode BatchNorm is
+``(x - running_mean) / sqrt(running_var + 1e-5) * weight + bias``.
+
+``num_batches_tracked`` (0-d int64) cannot be known: torch counts train-mode
+forward passes over the model's whole life, jaxprune does not. The export
+writes the SGD steps of the exported run up to the exported epoch (a study
+phase's own steps, not its parents'), 0 when unknown. Torch reads it only for
+BatchNorm with ``momentum=None``; kuangliu's model uses momentum 0.1, so it
+changes neither evaluation nor further training.
+
+OUT_DIR holds three files:
+
+- ``model.safetensors``: the state_dict above (metadata ``format: pt``).
+- ``masks.safetensors``: one bool tensor (True = kept) per prunable tensor,
+  under that tensor's key and in its layout (``conv1.weight``, ...,
+  ``linear.weight``). Non-prunable tensors have no mask.
+- ``config.json``: ``format`` (``jaxprune-export``), the model (width, classes,
+  input normalisation), the source checkpoint (path, epoch, which), its
+  metrics, the run's training config, ``num_batches_tracked`` and the
+  sparsity, global and per tensor (fractions in [0, 1] of weights pruned).
+
+OUT_DIR policy: it may be new, an empty directory, or a previous export (only
+these three files, with a jaxprune-export config.json), which is replaced
+whole. Anything else is refused, so a user's files are never deleted. The files
+are written to a temporary sibling directory that is then renamed into place:
+a failure leaves OUT_DIR as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+
+from jaxprune import checkpoint, config as config_lib, data, masks as masks_lib
+
+FORMAT = "jaxprune-export"
+FORMAT_VERSION = 1
+MODEL_FILE, MASKS_FILE, CONFIG_FILE = "model.safetensors", "masks.safetensors", "config.json"
+FILES = (MODEL_FILE, MASKS_FILE, CONFIG_FILE)
+WHICH = ("best", "latest")
+
+_TOP = {"stem_conv": "conv1", "stem_bn": "bn1", "head": "linear"}
+_BLOCK = re.compile(r"layer([1-4])_([01])")
+_IN_BLOCK = {"conv1": "conv1", "bn1": "bn1", "conv2": "conv2", "bn2": "bn2",
+             "shortcut_conv": "shortcut.0", "shortcut_bn": "shortcut.1"}
+_LEAF = {("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "bias"): "bias",
+         ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
+_TENSORS = {"conv": ("weight",), "linear": ("weight", "bias"),
+            "bn": ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+# Checkpoint metadata that config.json shows under its own names (or not at all).
+_META_SHOWN = {"config", "metrics", "history", "epoch", "kind", "jaxprune_version"}
+
+
+class ExportError(ValueError):
+    """A request the export cannot carry out (bad OUT_DIR, a tree that is not ResNet18)."""
+
+
+# ---------------------------------------------------------------- names and layouts
+
+
+def _torch_modules() -> Iterator[tuple[str, str]]:
+    """(module name, kind) of kuangliu's ResNet18, in its state_dict order."""
+    yield "conv1", "conv"
+    yield "bn1", "bn"
+    for stage in range(1, 5):
+        for block in range(2):
+            prefix = f"layer{stage}.{block}"
+            yield from ((f"{prefix}.{m}", m[:-1]) for m in ("conv1", "bn1", "conv2", "bn2"))
+            if stage > 1 and block == 0:  # stride 2 and a channel change: a 1x1 conv shortcut
+                yield f"{prefix}.shortcut.0", "conv"
+                yield f"{prefix}.shortcut.1", "bn"
+    yield "linear", "linear"
+
+
+def torch_keys() -> list[str]:
+    """The state_dict keys of kuangliu's ResNet18 (any width), in its order."""
+    return [f"{name}.{t}" for name, kind in _torch_modules() for t in _TENSORS[kind]]
+
+
+def torch_key(collection: str, names: tuple[str, ...] | list[str]) -> str:
+    """Torch key of a Flax leaf: ``('params', ('layer2_0', 'shortcut_conv', 'kernel'))`` ->
+    ``'layer2.0.shortcut.0.weight'``. Raises ExportError for a leaf ResNet18 does not have."""
+    *modules, leaf = names
+    block = _BLOCK.fullmatch(modules[0]) if len(modules) == 2 else None
+    if len(modules) == 1 and modules[0] in _TOP:
+        module = _TOP[modules[0]]
+    elif block and modules[1] in _IN_BLOCK:
+        module = f"layer{block[1]}.{block[2]}.{_IN_BLOCK[modules[1]]}"
+    else:
+        module = None
+    if module is None or (collection, leaf) not in _LEAF:
+        raise ExportError(f"{collection} leaf {'/'.join(names)!r} is not part of jaxprune's ResNet18")
+    return f"{module}.{_LEAF[collection, leaf]}"
+
+
+# Axis permutations by number of dimensions; only kernels have 4 (conv) or 2 (dense) in ResNet18.
+TO_TORCH_AXES = {4: (3, 2, 0, 1), 2: (1, 0)}  # HWIO -> OIHW; (in, out) -> (out, in)
+FROM_TORCH_AXES = {4: (2, 3, 1, 0), 2: (1, 0)}  # their inverses
+
+
+def _relayout(x, axes: dict[int, tuple[int, ...]]) -> np.ndarray:
+    """`x` transposed by ``axes[x.ndim]`` (other ranks pass through), as a C-contiguous,
+    writable copy (torch.from_numpy warns on read-only arrays)."""
+    x = np.asarray(x)
+    return np.array(x.transpose(axes.get(x.ndim, tuple(range(x.ndim)))), order="C")
+
+
+def _leaves(tree) -> list[tuple[tuple[str, ...], Any]]:
+    return [(masks_lib.path_names(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _numpy(x) -> np.ndarray:
+    """A host numpy array from a numpy, JAX or (CPU or GPU) torch array."""
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+# ---------------------------------------------------------------- state dicts
+
+
+def to_torch_state_dict(params, batch_stats, masks=None, *, num_batches_tracked: int = 0) -> dict[str, np.ndarray]:
+    """kuangliu's ResNet18 state_dict (key -> numpy array, in its key order) from Flax variables.
+
+    Args:
+      params, batch_stats: the ``params`` and ``batch_stats`` collections of
+        `jaxprune.models.ResNet18` (any width; JAX or numpy arrays).
+      masks: jaxprune masks over `params` (True = kept); pruned weights are set
+        to exactly +0.0. None: params are taken as they are.
+      num_batches_tracked: the value of every BatchNorm's counter (0-d int64).
+
+    Floats are float32, laid out as torch lays them out (see the module
+    docstring), C-contiguous. Raises ExportError if the trees are not ResNet18's.
+    """
+    if masks is not None:
+        params = masks_lib.apply_masks(params, masks)
+    sd = {}
+    for collection, tree in (("params", params), ("batch_stats", batch_stats)):
+        for names, x in _leaves(jax.device_get(tree)):
+            sd[torch_key(collection, names)] = _relayout(np.asarray(x, np.float32), TO_TORCH_AXES)
+    for name, kind in _torch_modules():
+        if kind == "bn":
+            sd[f"{name}.num_batches_tracked"] = np.array(num_batches_tracked, np.int64)
+    expected = torch_keys()
+    missing = [k for k in expected if k not in sd]
+    if missing:
+        raise ExportError(f"the variables lack {len(missing)} of ResNet18's tensors, e.g. {missing[0]}")
+    return {k: sd[k] for k in expected}
+
+
+def masks_state_dict(masks) -> dict[str, np.ndarray]:
+    """The prunable leaves' masks as bool arrays (True = kept) under their tensors' torch keys,
+    in torch layout (the same shapes as in `to_torch_state_dict`). 0-d masks (not prunable) are left out."""
+    out = {}
+    for names, m in _leaves(jax.device_get(masks)):
+        m = np.asarray(m)
+        if m.dtype != np.bool_:
+            raise ExportError(f"mask {'/'.join(names)!r} is {m.dtype}, not bool")
+        if m.ndim:
+            out[torch_key("params", names)] = _relayout(m, TO_TORCH_AXES)
+    return out
+
+
+def from_torch_state_dict(sd: dict[str, Any], width: int) -> tuple[dict, dict]:
+    """(params, batch_stats) of `jaxprune.models.ResNet18` (width `width`) from kuangliu's state_dict.
+
+    `sd` maps keys to numpy arrays or torch tensors (e.g. ``model.state_dict()``);
+    the class count is read from ``linear.bias``. Returns nested dicts of
+    float32 numpy arrays in Flax layout (HWIO, (in, out)); the
+    ``num_batches_tracked`` counters are dropped. Strict like torch: a missing,
+    unexpected or wrongly shaped tensor raises ExportError. The exact inverse
+    of `to_torch_state_dict` without masks.
+    """
+    from jaxprune.models import ResNet18  # late: flax is needed only here
+
+    expected = torch_keys()
+    missing = [k for k in expected if k not in sd]
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        raise ExportError(
+            f"not a ResNet18 state_dict: {len(missing)} missing keys {missing[:2]}, "
+            f"{len(unexpected)} unexpected {unexpected[:2]}"
+        )
+    num_classes = int(np.shape(sd["linear.bias"])[0])
+    shapes = jax.eval_shape(
+        lambda: ResNet18(num_classes=num_classes, width=width).init(
+            jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+        )
+    )
+    out = {}
+    for collection in ("params", "batch_stats"):
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes[collection])
+        arrays = []
+        for path, shape in leaves:
+            key = torch_key(collection, masks_lib.path_names(path))
+            x = _relayout(_numpy(sd[key]).astype(np.float32), FROM_TORCH_AXES)
+            if x.shape != shape.shape:
+                raise ExportError(
+                    f"{key} has shape {tuple(_numpy(sd[key]).shape)}, which a width-{width} ResNet18 does not"
+                )
+            arrays.append(x)
+        out[collection] = jax.tree_util.tree_unflatten(treedef, arrays)
+    return out["params"], out["batch_stats"]
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def load_for_export(path: str | os.PathLike, which: str = "best") -> tuple[Any, Any, Any, dict, dict]:
+    """(params, batch_stats, masks, config dict, checkpoint metadata) of a checkpoint, on the host.
+
+    `path` is a run or study-phase directory, its checkpoints/ folder, or one
+    epoch's folder (which then overrides `which`). The one place the export
+    reads checkpoints. Raises CheckpointError for a path that is not one.
+    """
+    from jaxprune import train  # late: the training stack (optax, data) is needed only here
+
+    folder, epoch = checkpoint.locate(path, which)
+    meta = checkpoint.read_meta(folder, epoch)
+    if not isinstance(meta.get("config"), dict):
+        raise checkpoint.CheckpointError(f"{folder / str(epoch)} has no training config in its metadata")
+    cfg = config_lib.from_dict(config_lib.TrainConfig, meta["config"])
+    # Restore onto one device whatever the run trained on, as `jaxprune evaluate` does.
+    abstract = train.abstract_state(dataclasses.replace(cfg, devices=1))
+    if hasattr(checkpoint, "restore_model"):  # checkpoints that keep the model apart from optimizer state
+        model, _ = checkpoint.restore_model(folder, epoch, checkpoint.abstract_model(abstract))
+    else:  # whole-TrainState checkpoints (jaxprune 0.1.0's layout)
+        state, _ = checkpoint.restore(folder, epoch, abstract)
+        model = {k: getattr(state, k) for k in ("params", "batch_stats", "masks")}
+    model = jax.device_get(model)
+    return model["params"], model["batch_stats"], model["masks"], meta["config"], meta
+
+
+def sparsity_summary(masks, mask_sd: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Global and per-tensor sparsity (fraction of prunable weights pruned, in [0, 1]) by torch key."""
+    report = masks_lib.sparsity_report(masks)
+    mask_sd = masks_state_dict(masks) if mask_sd is None else mask_sd
+    total = report.total
+    layers = {}
+    for row in report.rows:
+        key = torch_key("params", row.path.split("/"))
+        layers[key] = {"path": row.path, "shape": list(mask_sd[key].shape), "kept": row.kept,
+                       "total": row.total, "sparsity": row.sparsity}
+    return {"global": total.sparsity, "kept": total.kept, "total": total.total, "layers": layers}
+
+
+def _is_previous_export(out: Path) -> bool:
+    if not {p.name for p in out.iterdir()} <= set(FILES):
+        return False
+    try:
+        info = json.loads((out / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("format") == FORMAT
+
+
+def check_out_dir(out: Path) -> None:
+    """Raises ExportError unless `out` is new, an empty directory, or a previous export."""
+    ancestor = next((p for p in (out, *out.parents) if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise ExportError(f"{ancestor} is a file; OUT_DIR must be a directory")
+    if ancestor == out and any(out.iterdir()) and not _is_previous_export(out):
+        raise ExportError(
+            f"{out} is not empty and holds no previous export; give a new or empty OUT_DIR"
+        )
+
+
+def _write(out: Path, model_sd, mask_sd, info: dict, file_metadata: dict[str, str]) -> None:
+    """Writes the three files into a temporary sibling of `out`, then renames it to `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    old = None
+    try:
+        safetensors.numpy.save_file(model_sd, str(tmp / MODEL_FILE), metadata=file_metadata)
+        safetensors.numpy.save_file(mask_sd, str(tmp / MASKS_FILE), metadata=file_metadata)
+        (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if out.exists():  # empty, or a previous export: check_out_dir said so
+            old = tmp.with_name(tmp.name + "-old")
+            os.rename(out, old)
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None and not out.exists():
+            os.rename(old, out)  # put the previous export back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export(path: str | os.PathLike, out_dir: str | os.PathLike, which: str = "best") -> dict[str, Any]:
+    """Writes OUT_DIR/{model,masks}.safetensors and config.json from a checkpoint (see the module docstring).
+
+    `path`: a run or study-phase directory, its checkpoints/ folder, or one
+    epoch's folder (which overrides `which`). `which`: ``best`` (highest test
+    accuracy) or ``latest`` epoch. Returns what config.json holds. Raises
+    CheckpointError or ExportError, with OUT_DIR untouched, on a user's mistake.
+    """
+    if which not in WHICH:
+        raise ExportError(f"unknown checkpoint choice {which!r}; use best or latest")
+    out = Path(out_dir)
+    check_out_dir(out)
+    params, batch_stats, masks, cfg, meta = load_for_export(path, which)
+    metrics = meta.get("metrics") or {}
+    steps = int(metrics.get("step", 0))
+    model_sd = to_torch_state_dict(params, batch_stats, masks, num_batches_tracked=steps)
+    mask_sd = masks_state_dict(masks)
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": {
+            "architecture": "ResNet18 of kuangliu/pytorch-cifar models/resnet.py, stage widths "
+                            "width x (1, 2, 4, 8)",
+            "width": cfg.get("width"),
+            "num_classes": int(model_sd["linear.bias"].shape[0]),
+            "input": "float32 NCHW (N, 3, 32, 32): (pixel / 255 - mean) / std per RGB channel",
+            "mean": list(data.MEAN),
+            "std": list(data.STD),
+        },
+        "source": {"checkpoint": str(Path(path).absolute()), "epoch": meta.get("epoch"), "which": which},
+        "metrics": metrics,
+        "num_batches_tracked": steps,
+        "sparsity": sparsity_summary(masks, mask_sd),
+        "config": cfg,
+        "run": {k: v for k, v in meta.items() if k not in _META_SHOWN},  # e.g. a study phase
+        "jaxprune_version": meta.get("jaxprune_version"),
+    }
+    file_metadata = {"format": "pt", "source": FORMAT, "epoch": str(meta.get("epoch"))}
+    try:
+        _write(out, model_sd, mask_sd, info, file_metadata)
+    except OSError as e:
+        raise ExportError(f"cannot write {out}: {e.strerror or e}") from e
+    return info
