@@ -82,12 +82,19 @@ def train_config(args: argparse.Namespace) -> config_lib.TrainConfig:
     return config_lib.TrainConfig(**{**preset, **_overrides(args, config_lib.TrainConfig)})
 
 
+def _recipe_hash(cfg) -> str:
+    """Six hex digits of the config's identity: different recipes never share a default directory."""
+    import hashlib
+    import json
+
+    text = json.dumps(config_lib.identity(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
 def default_train_workdir(cfg: config_lib.TrainConfig) -> Path:
-    """runs/train-<data kind>-w<width>-e<epochs>-b<batch>-lr<lr>-<dtype>-s<seed>."""
+    """runs/train-<data kind>-w<width>-e<epochs>-<dtype>-s<seed>-<recipe hash>."""
     kind = cfg.data.split(":")[0]
-    return Path("runs") / (
-        f"train-{kind}-w{cfg.width}-e{cfg.epochs}-b{cfg.batch_size}-lr{cfg.lr:g}-{cfg.dtype}-s{cfg.seed}"
-    )
+    return Path("runs") / f"train-{kind}-w{cfg.width}-e{cfg.epochs}-{cfg.dtype}-s{cfg.seed}-{_recipe_hash(cfg)}"
 
 
 def study_config(args: argparse.Namespace) -> config_lib.StudyConfig:
@@ -97,12 +104,16 @@ def study_config(args: argparse.Namespace) -> config_lib.StudyConfig:
 
 
 def default_study_workdir(cfg: config_lib.StudyConfig) -> Path:
-    """runs/study-<data kind>-w<width>-b<baseline epochs>-r<round epochs>[-shared]-<dtype>-s<seed>."""
+    """runs/study-<data kind>-w<width>-b<baseline epochs>-r<round epochs>-<dtype>-s<seed>-<recipe hash>.
+
+    From the shared recipe alone (not the methods, schedules or targets), so
+    that studies which differ only in what they cover grow one directory:
+    `scripts/oneshot.py` then `scripts/iterative.py` share one baseline.
+    """
     t = cfg.train
-    shared = "-shared" if cfg.shared_chain else ""
     return Path("runs") / (
         f"study-{t.data.split(':')[0]}-w{t.width}-b{cfg.baseline_epochs}-r{cfg.round_epochs}"
-        f"{shared}-{t.dtype}-s{t.seed}"
+        f"-{t.dtype}-s{t.seed}-{_recipe_hash(cfg)}"
     )
 
 
@@ -110,11 +121,11 @@ def default_study_workdir(cfg: config_lib.StudyConfig) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jaxprune import train
+    from jaxprune import loop
 
     cfg = train_config(args).validate()
     workdir = Path(args.workdir) if args.workdir else default_train_workdir(cfg)
-    result = train.train_and_evaluate(cfg, workdir)
+    result = loop.train_and_evaluate(cfg, workdir)
     last = result.history[-1]
     print(
         f"{workdir}: {len(result.history)} epochs, final test accuracy "
@@ -294,28 +305,45 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", str(Path("~/.cache/jaxprune/xla").expanduser()))
 
 
+# XLA's flags for deterministic GPU kernels; read once, when the backend starts.
+DETERMINISTIC_XLA_FLAGS = ("--xla_gpu_deterministic_ops=true", "--xla_gpu_exclude_nondeterministic_ops=true")
+
+
+def request_determinism() -> None:
+    """Adds the deterministic-kernel flags to XLA_FLAGS, before JAX starts its backend."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    os.environ["XLA_FLAGS"] = " ".join([*flags, *(f for f in DETERMINISTIC_XLA_FLAGS if f not in flags)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "deterministic", None):
+        request_determinism()
     enable_compilation_cache()
     from jaxprune.checkpoint import CheckpointError
     from jaxprune.data import DataError
     from jaxprune.report import ReportError
     from jaxprune.study import StudyError
-    from jaxprune.train import RunDirError
+    from jaxprune.interrupt import Interrupted, stop_at_safe_points
+    from jaxprune.rundir import RunDirError
     from jaxprune.export import ExportError
 
     user_errors = (UsageError, config_lib.ConfigError, DataError, CheckpointError, RunDirError,
                    StudyError, ReportError, ExportError)
     try:
-        return COMMANDS[args.command](args)
+        with stop_at_safe_points():
+            return COMMANDS[args.command](args)
     except user_errors as e:
         print(f"jaxprune {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as e:
+        print(f"jaxprune {args.command}: {e} after saving the last epoch; rerun the same command to resume",
+              file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"jaxprune {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

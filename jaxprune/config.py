@@ -23,8 +23,9 @@ class ConfigError(ValueError):
 def _field(default, help: str, *, identity: bool = True, choices=None):
     """A dataclass field with help text.
 
-    identity=False marks fields that do not change results (progress bars),
-    so a rerun may change them without being refused as a different run.
+    identity=False marks fields a rerun may change without being refused as a
+    different run: those that do not change results (progress bars), and what
+    a study covers (its phases check their own identity).
     """
     return dataclasses.field(
         default=default, metadata={"help": help, "identity": identity, "choices": choices}
@@ -35,8 +36,9 @@ def _field(default, help: str, *, identity: bool = True, choices=None):
 class TrainConfig:
     """One training run: data, model, optimiser and schedule.
 
-    Defaults are the write-up's recipe (kuangliu/pytorch-cifar): ResNet18,
-    90 epochs, batch 128, SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine.
+    Defaults are the write-up's recipe (kuangliu/pytorch-cifar's main.py, stopped
+    at epoch 90): ResNet18, batch 128 with every image each epoch, SGD lr 0.1,
+    momentum 0.9, weight decay 5e-4, CosineAnnealingLR(T_max=200) per epoch.
     """
 
     data: str = _field(
@@ -50,12 +52,30 @@ class TrainConfig:
         "float32", "compute dtype; parameters stay float32", choices=("float32", "bfloat16")
     )
     epochs: int = _field(90, "epochs of training")
-    batch_size: int = _field(128, "images per SGD step (the last partial batch of an epoch is dropped)")
+    batch_size: int = _field(128, "images per SGD step")
+    drop_last: bool = _field(
+        False,
+        "drop each epoch's last partial batch; by default it is trained, as PyTorch's "
+        "DataLoader(drop_last=False) does (CIFAR-10 at batch 128: 391 steps, the last of 80 images)",
+    )
     lr: float = _field(0.1, "peak learning rate")
     momentum: float = _field(0.9, "SGD momentum")
     weight_decay: float = _field(5e-4, "L2 weight decay, added to the gradient as in torch.optim.SGD")
+    # The write-up kept kuangliu/pytorch-cifar's main.py, whose scheduler is
+    # CosineAnnealingLR(optimizer, T_max=200) stepped once per epoch, and
+    # stopped at epoch 90: so its lr never anneals below ~0.058.
     schedule: str = _field(
-        "cosine", "learning-rate schedule over all steps of the run", choices=("cosine", "constant")
+        "epoch-cosine",
+        "learning-rate schedule. epoch-cosine: torch's CosineAnnealingLR(T_max=--t-max) stepped once "
+        "per epoch, the write-up's recipe (kuangliu/pytorch-cifar): epoch e (from 1) trains at "
+        "lr/2*(1+cos(pi*(e-1)/T_max)). cosine: a per-step cosine annealed to 0 over the run's "
+        "epochs (optax.cosine_decay_schedule), which suits short runs. constant: --lr throughout",
+        choices=("epoch-cosine", "cosine", "constant"),
+    )
+    t_max: int = _field(
+        200,
+        "epoch-cosine: the horizon T_max in epochs (the write-up: 200, stopped at epoch 90, so "
+        "its last lr is 0.058); 0 = the run's own epochs",
     )
     augment: bool = _field(True, "random crop (padding 4) and horizontal flip on training images")
     eval_batch_size: int = _field(1000, "images per evaluation batch (the whole test set is evaluated)")
@@ -73,6 +93,13 @@ class TrainConfig:
         identity=False,
     )
     progress: bool = _field(True, "show a progress bar", identity=False)
+    deterministic: bool = _field(
+        False,
+        "ask XLA for deterministic GPU kernels (XLA_FLAGS --xla_gpu_deterministic_ops, "
+        "--xla_gpu_exclude_nondeterministic_ops), so a resumed GPU run repeats bit for bit; "
+        "slower. CPU runs are deterministic either way. Takes effect at process start",
+        identity=False,
+    )
 
     def validate(self) -> "TrainConfig":
         """Raises ConfigError naming the first bad field; returns self."""
@@ -94,6 +121,8 @@ class TrainConfig:
             )
         if self.steps_per_dispatch < 0:
             raise ConfigError(f"--steps-per-dispatch must be >= 0, got {self.steps_per_dispatch}")
+        if self.t_max < 0:
+            raise ConfigError(f"--t-max must be >= 0 (epochs; 0 = the run's epochs), got {self.t_max}")
         if self.train_subset < 0:
             raise ConfigError(f"--train-subset must be >= 0, got {self.train_subset}")
         if not self.lr > 0:
@@ -117,13 +146,14 @@ def _check_choices(cfg) -> None:
 
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    # The write-up's recipe on real CIFAR-10.
+    # The write-up's recipe on real CIFAR-10 (the defaults).
     "seed": {},
-    # A few minutes on one GPU.
-    "quick": {"epochs": 15, "dtype": "bfloat16"},
+    # A few minutes on one GPU: short runs anneal to 0 to converge.
+    "quick": {"epochs": 15, "dtype": "bfloat16", "schedule": "cosine"},
     # Synthetic data at a small width: a couple of minutes on a CPU.
     "smoke": {
         "data": "synthetic:2048,512",
+        "schedule": "cosine",
         "width": 4,
         "epochs": 3,
         "batch_size": 64,
@@ -201,17 +231,27 @@ class StudyConfig:
     )
     baseline_epochs: int = _field(90, "epochs of baseline training")
     round_epochs: int = _field(90, "epochs of retraining after each pruning step")
-    methods: tuple[str, ...] = _field(("magnitude", "random"), "pruning methods: magnitude, random")
-    schedules: tuple[str, ...] = _field(SCHEDULES, "schedules to run: oneshot, iterative")
-    targets: tuple[float, ...] = _field((0.5, 0.75, 0.9), "target sparsities, each in (0, 1)")
+    # What a study covers may grow between invocations (identity=False): added
+    # methods, schedules or targets reuse the baseline and every finished
+    # phase. Each phase checks its own identity (recipe and parent chain).
+    methods: tuple[str, ...] = _field(
+        ("magnitude", "random"), "pruning methods: magnitude, random", identity=False
+    )
+    schedules: tuple[str, ...] = _field(SCHEDULES, "schedules to run: oneshot, iterative", identity=False)
+    targets: tuple[float, ...] = _field(
+        (0.5, 0.75, 0.9), "target sparsities, each in (0, 1), no two equal", identity=False
+    )
     step: float = _field(0.1, "iterative: fraction of the remaining weights pruned per round, in (0, 1)")
     shared_chain: bool = _field(
         False,
         "iterative: one chain to the largest target also serves the smaller ones (their rounds "
         "are its prefix), saving ~half the rounds; default: a separate chain per target, as the write-up",
+        identity=False,
     )
     baseline: str = _field(
-        "", "start from this trained checkpoint instead of training a baseline (run dir or epoch folder)"
+        "",
+        "start from this trained checkpoint instead of training a baseline (run dir or epoch folder); "
+        "if it is already pruned its masks are kept and targets count from its sparsity",
     )
     parallel_runs: int = _field(
         1,
@@ -231,6 +271,9 @@ class StudyConfig:
         for t in self.targets:
             if not 0 < t < 1:
                 raise ConfigError(f"--targets must each be in (0, 1) (a fraction pruned), got {t}")
+        repeated = sorted({t for t in self.targets if self.targets.count(t) > 1})
+        if repeated:
+            raise ConfigError(f"--targets lists {repeated[0]:g} more than once; give each target once")
         if not 0 < self.step < 1:
             raise ConfigError(f"--step must be in (0, 1) (the fraction of remaining weights pruned per round), got {self.step}")
         from jaxprune.masks import METHODS  # a lower room; imported late to keep config light

@@ -49,10 +49,10 @@ def evaluate_checkpoint(
         overrides["eval_batch_size"] = batch_size
     cfg = dataclasses.replace(cfg, **overrides).validate()
     dataset = data.load(cfg.data)
-    state, _ = checkpoint.restore(folder, epoch, train.abstract_state(cfg))
+    model, _ = checkpoint.restore_model(folder, epoch, checkpoint.abstract_model(train.abstract_state(cfg)))
     fns = train.step_fns_for(train.compile_key(cfg), 1)
     test_x, test_y = devices.put_replicated((dataset.test_images, dataset.test_labels), devices.mesh(cfg.devices))
-    m = fns.evaluate(state.params, state.batch_stats, state.masks, test_x, test_y)
+    m = fns.evaluate(model["params"], model["batch_stats"], model["masks"], test_x, test_y)
     m = jax.device_get(m)
     return EvalResult(
         path=str(folder / str(epoch)),
@@ -61,6 +61,6 @@ def evaluate_checkpoint(
         n_images=len(dataset.test_labels),
         test_acc=float(m["test_acc"]),
         test_loss=float(m["test_loss"]),
-        sparsity=masks_lib.sparsity_report(state.masks),
+        sparsity=masks_lib.sparsity_report(model["masks"]),
         meta=meta,
     )

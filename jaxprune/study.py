@@ -2,44 +2,59 @@
 
 A plan is the list of every training phase the study needs, computed before
 any work from exact pruning counts: the baseline, then per (schedule, method,
-target) chain its rounds, each pruning ``amount`` from its parent's final
-weights and retraining. The driver runs the phases in order:
+target) chain its rounds, each pruning an exact number of weights from its
+parent's final weights and retraining. The driver runs the phases in order:
 
-    parent's final state -> prune_global -> train_and_evaluate -> checkpoints
+    parent's final state -> prune_global -> loop.train_runs -> checkpoints
 
 Every phase lives in its own directory, named by what it is
-(``WORKDIR/iterative-random-0.90/round-07/``), and is resumable: a finished
-phase is skipped, a partial one continues from its last checkpoint, a missing
-one recomputes its (deterministic) masks from its parent. ``results.csv`` is
-rebuilt from the phases' own metrics as each group of phases starts training
-(after a resume has settled them) and at the end, and each epoch appends its
-row in between; so it never holds a row twice or a row for work that was
-lost, and its rows are in plan order once the study ends.
+(``WORKDIR/iterative-random-0.90/round-07/``, with the exact target:
+``0.875`` stays ``0.875``), which records its identity: its training config
+and where it comes from (schedule, method, target, round, count, parent).
+Every step is idempotent: a finished phase is skipped, a partial one
+continues from its last checkpoint, a missing one recomputes its
+(deterministic) masks from its parent.
+
+A study grows. Its own identity is the shared recipe (the training config,
+baseline and round epochs, the iterative step, a given baseline); methods,
+schedules and targets may be added by later invocations, which reuse the
+baseline and every finished phase. ``config.json`` lists every phase ever
+planned, and ``results.csv`` covers them all.
+
+``results.csv`` is rebuilt from the phases' own metric logs as each group of
+phases starts training (after a resume has settled them) and at the end, and
+each epoch appends its row in between; so it never holds a row twice or a row
+for work that was lost, and its rows are in plan order once the study ends.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 
-from jaxprune import checkpoint, config as config_lib, data, masks as masks_lib, train
+from jaxprune import checkpoint, config as config_lib, data, loop, masks as masks_lib, rundir, train
 
 RESULT_FIELDS = (
     "schedule", "method", "target", "round", "sparsity", "epoch",
     "test_acc", "train_loss", "train_acc", "seconds",
 )
+BASELINE = "baseline"
 
 
 class StudyError(ValueError):
     """A study that cannot run as asked; the message says why."""
+
+
+def target_name(target: float) -> str:
+    """A target as it appears in names: two decimals when exact (0.90), else every digit (0.875)."""
+    short = f"{target:.2f}"
+    return short if float(short) == target else repr(float(target))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +64,8 @@ class Phase:
     schedule: "baseline", "oneshot" or "iterative".
     target: the chain's target sparsity (0 for the baseline).
     round: 1-based pruning round within the chain (0 for the baseline).
-    amount: the float given to prune_global: the fraction of the parent's
-      remaining weights pruned before this phase trains.
+    count: the exact number of weights pruned from the parent's remaining
+      weights before this phase trains (0 for the baseline).
     sparsity: the global sparsity during this phase (exact, from the counts).
     parent: the directory name of the phase whose final weights are pruned.
     """
@@ -59,56 +74,91 @@ class Phase:
     method: str
     target: float
     round: int
-    amount: float
+    count: int
     sparsity: float
     parent: str | None
 
     @property
     def chain(self) -> str:
-        if self.schedule == "baseline":
-            return "baseline"
-        return f"{self.schedule}-{self.method}-{self.target:.2f}"
+        if self.schedule == BASELINE:
+            return BASELINE
+        return f"{self.schedule}-{self.method}-{target_name(self.target)}"
 
     @property
     def name(self) -> str:
-        return "baseline" if self.schedule == "baseline" else f"{self.chain}/round-{self.round:02d}"
+        return BASELINE if self.schedule == BASELINE else f"{self.chain}/round-{self.round:02d}"
+
+    def identity(self) -> dict[str, Any]:
+        """What a phase's directory must match on a rerun (beside its training config)."""
+        return {"phase": {k: v for k, v in dataclasses.asdict(self).items() if k != "sparsity"}}
+
+
+BASELINE_PHASE = Phase(BASELINE, "", 0.0, 0, 0, 0.0, None)
+
+
+def model_shapes(cfg: config_lib.TrainConfig) -> tuple[int, int]:
+    """(prunable weights, all parameters) of the model `cfg` builds (shapes only, no compute)."""
+    shapes = train.abstract_state(cfg).params
+    flags = masks_lib.prunable(shapes)
+    sizes = [math.prod(p.shape) for p in jax.tree.leaves(shapes)]
+    return sum(n for n, f in zip(sizes, jax.tree.leaves(flags)) if f), sum(sizes)
 
 
 def prunable_total(cfg: config_lib.TrainConfig) -> int:
     """Prunable weights of the model `cfg` builds (shapes only, no compute)."""
-    shapes = train.abstract_state(cfg).params
-    flags = masks_lib.prunable(shapes)
-    return sum(math.prod(p.shape) for p, f in zip(jax.tree.leaves(shapes), jax.tree.leaves(flags)) if f)
+    return model_shapes(cfg)[0]
 
 
-def iterative_sparsities(total: int, step: float, target: float) -> list[float]:
-    """Global sparsity after each iterative round until it reaches `target`, from exact counts."""
-    remaining, out = total, []
-    while not out or out[-1] < target:
-        remaining -= round(step * remaining)  # what prune_global removes
-        out.append(1 - remaining / total)
-        if len(out) > 10_000:
-            raise StudyError(f"--step {step} never reaches target {target}")
+def iterative_counts(total: int, step: float, target: float, pruned: int = 0) -> list[int]:
+    """Weights pruned by each iterative round until the global sparsity reaches `target`.
+
+    Each round prunes round(step * remaining), as prune_global does with a
+    float amount; `pruned` weights are already pruned before the first.
+    """
+    remaining, out = total - pruned, []
+    while not out or 1 - remaining / total < target:
+        k = round(step * remaining)
+        if k == 0:
+            raise StudyError(f"--step {step} never reaches target {target}: a round would prune nothing")
+        out.append(k)
+        remaining -= k
     return out
 
 
-def plan(cfg: config_lib.StudyConfig, total: int) -> list[Phase]:
-    """Every phase of the study, in the order the driver runs them."""
-    phases = []
-    if not cfg.baseline:
-        phases.append(Phase("baseline", "", 0.0, 0, 0.0, 0.0, None))
-    root = "baseline"
+def iterative_sparsities(total: int, step: float, target: float, pruned: int = 0) -> list[float]:
+    """Global sparsity after each iterative round until it reaches `target`, from exact counts."""
+    out, remaining = [], total - pruned
+    for k in iterative_counts(total, step, target, pruned):
+        remaining -= k
+        out.append(1 - remaining / total)
+    return out
+
+
+def plan(cfg: config_lib.StudyConfig, total: int, pruned: int = 0) -> list[Phase]:
+    """Every phase of the study, in the order the driver runs them.
+
+    pruned: weights already pruned in the baseline (a given, pruned
+    checkpoint): its masks are kept, and every target counts from its sparsity.
+    """
+    for t in cfg.targets:
+        if round(t * total) <= pruned:
+            raise StudyError(
+                f"target {t:g} is not above the baseline's sparsity {100 * pruned / total:.2f}% "
+                "(--baseline is already pruned); give targets above it"
+            )
+    phases = [] if cfg.baseline else [BASELINE_PHASE]
     for method in cfg.methods:
         if "oneshot" in cfg.schedules:
             for t in cfg.targets:
-                k = round(t * total)
-                phases.append(Phase("oneshot", method, t, 1, t, k / total, root))
+                k = round(t * total)  # what prune_global(t) prunes from a dense model
+                phases.append(Phase("oneshot", method, t, 1, k - pruned, k / total, BASELINE))
         if "iterative" in cfg.schedules:
             chains = [max(cfg.targets)] if cfg.shared_chain else sorted(cfg.targets)
             for t in chains:
-                parent = root
-                for r, s in enumerate(iterative_sparsities(total, cfg.step, t), start=1):
-                    phase = Phase("iterative", method, t, r, cfg.step, s, parent)
+                parent, remaining = BASELINE, total - pruned
+                for r, k in enumerate(iterative_counts(total, cfg.step, t, pruned), start=1):
+                    remaining -= k
+                    phase = Phase("iterative", method, t, r, k, 1 - remaining / total, parent)
                     phases.append(phase)
                     parent = phase.name
     return phases
@@ -121,7 +171,7 @@ def derived_seed(base: int, *tags: Any) -> int:
 
 
 def phase_config(cfg: config_lib.StudyConfig, phase: Phase) -> config_lib.TrainConfig:
-    if phase.schedule == "baseline":
+    if phase.schedule == BASELINE:
         return cfg.phase(cfg.baseline_epochs, cfg.train.seed)
     return cfg.phase(cfg.round_epochs, derived_seed(cfg.train.seed, phase.chain, phase.round))
 
@@ -130,6 +180,18 @@ def pruning_key(cfg: config_lib.StudyConfig, phase: Phase) -> jax.Array:
     # Separate chains are independent replicates (as in the write-up), so each
     # chain draws its own random masks.
     return jax.random.key(derived_seed(cfg.train.seed, "prune", phase.chain, phase.round))
+
+
+def disk_estimate(phases: list[Phase], total: int, n_params: int) -> int:
+    """Bytes a finished study keeps: per phase, its final and best epochs' model.
+
+    Float32 values of the kept weights and of the non-prunable parameters, and
+    about a bit per weight each for the masks and for the positions of the
+    pruned zeros in the params, which Orbax's compression leaves (see
+    benchmarks/disk_usage.py for the measured figures).
+    """
+    per_phase = [4 * (n_params - total + round(total * (1 - p.sparsity))) + 2 * total / 8 for p in phases]
+    return int(2 * sum(per_phase))
 
 
 # ---------------------------------------------------------------- the driver
@@ -144,23 +206,26 @@ class Final:
     masks: Any
 
 
-def _finished(workdir: Path, phase_cfg: config_lib.TrainConfig) -> bool:
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
-        return False
-    with checkpoint.RunCheckpoints(workdir / "checkpoints") as ck:
-        return ck.latest() == phase_cfg.epochs
+def _final_epoch(workdir: Path, phase_cfg: config_lib.TrainConfig) -> int | None:
+    """The phase's final epoch, if it is finished and readable."""
+    folder = workdir / "checkpoints"
+    if not (workdir / "metrics.jsonl").exists() or not folder.is_dir():
+        return None
+    with checkpoint.RunCheckpoints(folder, read_only=True) as ck:
+        return phase_cfg.epochs if ck.latest() == phase_cfg.epochs else None
+
+
+def _restore_final(folder: Path, epoch: int, cfg: config_lib.TrainConfig) -> Final:
+    model, _ = checkpoint.restore_model(folder, epoch, checkpoint.abstract_model(train.abstract_state(cfg)))
+    return Final(model["params"], model["batch_stats"], model["masks"])
 
 
 def load_final(workdir: Path, phase_cfg: config_lib.TrainConfig) -> Final:
-    folder = workdir / "checkpoints"
-    with checkpoint.RunCheckpoints(folder) as ck:
-        state, _ = ck.restore(ck.latest(), train.abstract_state(phase_cfg))
-    return Final(state.params, state.batch_stats, state.masks)
+    return _restore_final(workdir / "checkpoints", phase_cfg.epochs, phase_cfg)
 
 
 def load_baseline(path: str, cfg: config_lib.StudyConfig) -> Final:
-    """A user-given baseline checkpoint, checked against the study's model."""
+    """A user-given baseline checkpoint, restored onto this process's devices."""
     folder, epoch = checkpoint.locate(path)
     meta = checkpoint.read_meta(folder, epoch)
     saved = config_lib.from_dict(config_lib.TrainConfig, meta.get("config", {}))
@@ -169,11 +234,12 @@ def load_baseline(path: str, cfg: config_lib.StudyConfig) -> Final:
             f"baseline {path} is a width-{saved.width} ResNet18 but the study builds width "
             f"{cfg.train.width}: its shapes don't match the model (pass --width {saved.width})"
         )
+    # Whatever devices wrote it, it restores onto the ones this study uses.
+    here = dataclasses.replace(saved, devices=cfg.train.devices, dtype=cfg.train.dtype)
     try:
-        state, _ = checkpoint.restore(folder, epoch, train.abstract_state(saved))
-    except Exception as e:  # orbax reports shape mismatches in several ways
-        raise StudyError(f"baseline {path} does not match the model: {str(e).splitlines()[0]}") from e
-    return Final(state.params, state.batch_stats, state.masks)
+        return _restore_final(folder, epoch, here)
+    except checkpoint.CheckpointError as e:
+        raise StudyError(f"baseline {path} does not match the model: {e}") from e
 
 
 def _result_row(phase: Phase, m: dict[str, Any]) -> dict[str, Any]:
@@ -186,52 +252,76 @@ def _result_row(phase: Phase, m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def result_rows(workdir: Path, phases: list[Phase]) -> list[dict[str, Any]]:
+    """results.csv's rows, from the phases' own metric logs, in plan order."""
+    return [_result_row(p, m) for p in phases for m in rundir.read_metrics(workdir / p.name)]
+
+
 def rebuild_results(workdir: Path, phases: list[Phase]) -> int:
     """Writes WORKDIR/results.csv from the phases' metrics, in plan order; returns the row count."""
-    rows = []
-    for phase in phases:
-        path = workdir / phase.name / "metrics.jsonl"
-        if path.exists():
-            rows.extend(_result_row(phase, json.loads(line)) for line in path.read_text().splitlines())
-    tmp = workdir / "results.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(workdir / "results.csv")
+    rows = result_rows(workdir, phases)
+    rundir.write_atomic(workdir / "results.csv", rundir.csv_text(RESULT_FIELDS, rows))
     return len(rows)
 
 
 def append_result(workdir: Path, phase: Phase, m: dict[str, Any]) -> None:
     """Appends one epoch's row to WORKDIR/results.csv (O(1), unlike a rebuild)."""
-    with open(workdir / "results.csv", "a", newline="") as f:
-        csv.DictWriter(f, fieldnames=RESULT_FIELDS).writerow(_result_row(phase, m))
+    rundir.append_csv_row(workdir / "results.csv", RESULT_FIELDS, _result_row(phase, m))
 
 
-def run_study(cfg: config_lib.StudyConfig, workdir: str | Path, *, log=print) -> Path:
-    """Runs (or resumes) every phase of the study in `workdir`; returns results.csv's path.
+def recorded_phases(workdir: Path) -> list[Phase]:
+    """Every phase a study directory has planned, from its config.json (empty if none)."""
+    record = rundir.read_record(Path(workdir)) or {}
+    return [Phase(**p) for p in record.get("phases", [])]
+
+
+def _register(workdir: Path, cfg: config_lib.StudyConfig, phases: list[Phase]) -> list[Phase]:
+    """Adds this invocation's phases to the study's record; returns them all, in order."""
+    known = recorded_phases(workdir)
+    names = {p.name for p in known}
+    every = known + [p for p in phases if p.name not in names]
+    record = rundir.read_record(workdir)
+    record.update(config=config_lib.to_dict(cfg), phases=[dataclasses.asdict(p) for p in every])
+    rundir.write_atomic(workdir / rundir.CONFIG, json.dumps(record, indent=2))
+    return every
+
+
+def run_study(cfg: config_lib.StudyConfig, workdir: str | Path, *, log: Callable[[str], None] = print) -> Path:
+    """Runs (or resumes, or grows) every phase of the study in `workdir`; returns results.csv's path.
 
     Phases run in plan order; with ``parallel_runs`` N > 1, up to N phases
     whose parents are finished and whose epochs agree train together, vmapped
-    (see `train.train_runs`). A group's results are reproducible, also across
-    a crash, except when the crash fell between two members' saves of their
-    last epoch: the unfinished members then finish in another group, whose
-    size may round their last epochs' floats differently.
+    over a run axis of N (see `loop.train_runs`), so a phase's numbers do not
+    depend on how many partners it had. A group's results are reproducible,
+    also across a crash.
     """
     cfg.validate()
     workdir = Path(workdir)
     dataset = data.load(cfg.train.data).subset(cfg.train.train_subset)
     baseline = load_baseline(cfg.baseline, cfg) if cfg.baseline else None
-    phases = plan(cfg, prunable_total(cfg.train))
-    train.claim_workdir(workdir, cfg)  # refuses a workdir of a different study
-    finals: dict[str, Final] = {}
-    recorded = phases
-    if baseline is not None:
-        finals["baseline"] = baseline
-        # Its training curve, when the checkpoint carries one, joins the results.
-        recorded = [Phase("baseline", "", 0.0, 0, 0.0, 0.0, None), *phases]
-        _copy_history(cfg.baseline, workdir / "baseline")
+    total, n_params = model_shapes(cfg.train)
+    pruned = total - round(total * (1 - masks_lib.sparsity(baseline.masks))) if baseline else 0
+    phases = plan(cfg, total, pruned)
+    with rundir.locked(workdir):
+        rundir.claim(workdir, cfg, record_extra={"phases": []})  # refuses a different recipe
+        every = _register(workdir, cfg, phases)
+        if baseline is not None:
+            _copy_history(cfg.baseline, workdir / BASELINE)
+        recorded = every if baseline is None or every[0].name == BASELINE else [BASELINE_PHASE, *every]
+        epochs_total = sum(phase_config(cfg, p).epochs for p in phases)
+        log(
+            f"study: {len(phases)} phases, {epochs_total} epochs, in {workdir}; about "
+            f"{disk_estimate(phases, total, n_params) / 1e9:.2f} GB on disk when done"
+        )
+        _run_phases(cfg, workdir, phases, baseline, dataset, recorded, log)
+        rebuild_results(workdir, recorded)
+    return workdir / "results.csv"
 
+
+def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None, dataset, recorded, log) -> None:
+    finals: dict[str, Final] = {}
+    if baseline is not None:
+        finals[BASELINE] = baseline
     by_name = {p.name: p for p in phases}
 
     def parent_of(phase: Phase) -> Final:
@@ -240,46 +330,45 @@ def run_study(cfg: config_lib.StudyConfig, workdir: str | Path, *, log=print) ->
             finals[phase.parent] = load_final(workdir / parent.name, phase_config(cfg, parent))
         return finals[phase.parent]
 
-    def spec(phase: Phase) -> train.RunSpec:
+    def spec(phase: Phase) -> loop.RunSpec:
         start = masks = None
         if phase.parent is not None:
             parent = parent_of(phase)
             start = {"params": parent.params, "batch_stats": parent.batch_stats}
             masks = masks_lib.prune_global(
-                parent.params, parent.masks, phase.amount, method=phase.method, key=pruning_key(cfg, phase)
+                parent.params, parent.masks, phase.count, method=phase.method, key=pruning_key(cfg, phase)
             )
-            got = masks_lib.sparsity(masks)
-            if abs(got - phase.sparsity) > 1e-9:  # the plan's counts are the masks' counts
-                raise AssertionError(f"{phase.name}: sparsity {got} but planned {phase.sparsity}")
-        return train.RunSpec(
-            phase_config(cfg, phase), workdir / phase.name, start, masks, {"phase": dataclasses.asdict(phase)}
+        return loop.RunSpec(
+            phase_config(cfg, phase), workdir / phase.name, start, masks,
+            meta={"phase": dataclasses.asdict(phase)}, identity=phase.identity(),
         )
 
-    epochs_total = sum(phase_config(cfg, p).epochs for p in phases)
-    log(f"study: {len(phases)} phases, {epochs_total} epochs, in {workdir}")
-    done = {p.name for p in phases if _finished(workdir / p.name, phase_config(cfg, p))}
+    done = {p.name for p in phases if _final_epoch(workdir / p.name, phase_config(cfg, p))}
     if baseline is not None:
-        done.add("baseline")
+        done.add(BASELINE)
     pending = [p for p in phases if p.name not in done]
+    n_done = len(done) - (baseline is not None)
     while pending:
         ready = [p for p in pending if p.parent is None or p.parent in done]
         epochs = phase_config(cfg, ready[0]).epochs
         group = [p for p in ready if phase_config(cfg, p).epochs == epochs][: cfg.parallel_runs]
-        results = train.train_runs([spec(p) for p in group], dataset=dataset, on_epoch=_results_writer(workdir, recorded))
+        results = loop.train_runs(
+            [spec(p) for p in group], dataset=dataset, run_axis=cfg.parallel_runs,
+            on_epoch=_results_writer(workdir, recorded),
+        )
         for phase, result in zip(group, results):
             finals[phase.name] = Final(result.state.params, result.state.batch_stats, result.state.masks)
             done.add(phase.name)
             pending.remove(phase)
+            n_done += 1
             log(
-                f"[{len(done) - (baseline is not None)}/{len(phases)}] {phase.name}: "
-                f"sparsity {100 * phase.sparsity:.2f}%, best test accuracy {100 * result.best_test_acc:.2f}%"
+                f"[{n_done}/{len(phases)}] {phase.name}: sparsity {100 * phase.sparsity:.2f}%, "
+                f"best test accuracy {100 * result.best_test_acc:.2f}%"
             )
         # Keep only the weights that pending phases will prune.
         needed = {p.parent for p in pending}
         for name in [n for n in finals if n not in needed]:
             del finals[name]
-    rebuild_results(workdir, recorded)
-    return workdir / "results.csv"
 
 
 def _results_writer(workdir: Path, recorded: list[Phase]):
@@ -292,7 +381,7 @@ def _results_writer(workdir: Path, recorded: list[Phase]):
     phase_of = {workdir / p.name: p for p in recorded}
     rebuilt = False
 
-    def on_epoch(spec: train.RunSpec, row: dict[str, Any]) -> None:
+    def on_epoch(spec: loop.RunSpec, row: dict[str, Any]) -> None:
         nonlocal rebuilt
         if rebuilt:
             append_result(workdir, phase_of[Path(spec.workdir)], row)
@@ -307,4 +396,4 @@ def _copy_history(path: str, dest: Path) -> None:
     folder, epoch = checkpoint.locate(path)
     history = checkpoint.read_meta(folder, epoch).get("history", [])
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    rundir.write_atomic(dest / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))

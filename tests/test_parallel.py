@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jaxprune
-from jaxprune import config, data, train
+from jaxprune import config, data, loop, train
 from jaxprune.models import init_variables
 
 
@@ -71,8 +71,8 @@ def test_a_run_does_not_depend_on_its_partners_or_position(three_states):
 
 def test_grouped_runs_write_their_own_dirs_and_resume_exactly(tmp_path):
     ds = data.load(tiny().data)
-    specs = lambda root: [train.RunSpec(tiny(seed=s), root / f"run{s}") for s in range(2)]  # noqa: E731
-    whole = train.train_runs(specs(tmp_path / "whole"), dataset=ds)
+    specs = lambda root: [loop.RunSpec(tiny(seed=s), root / f"run{s}") for s in range(2)]  # noqa: E731
+    whole = loop.train_runs(specs(tmp_path / "whole"), dataset=ds)
 
     class Crash(Exception):
         pass
@@ -82,8 +82,8 @@ def test_grouped_runs_write_their_own_dirs_and_resume_exactly(tmp_path):
             raise Crash
 
     with pytest.raises(Crash):
-        train.train_runs(specs(tmp_path / "cut"), dataset=ds, on_epoch=crash)
-    resumed = train.train_runs(specs(tmp_path / "cut"), dataset=ds)
+        loop.train_runs(specs(tmp_path / "cut"), dataset=ds, on_epoch=crash)
+    resumed = loop.train_runs(specs(tmp_path / "cut"), dataset=ds)
     for w, r in zip(whole, resumed):
         assert [h["epoch"] for h in r.history] == [1, 2]
         for a, b in zip(jax.tree.leaves(w.state), jax.tree.leaves(r.state)):
@@ -124,7 +124,8 @@ DATA_PARALLEL = textwrap.dedent("""
     except config.ConfigError as e:
         assert "does not split evenly over 2 devices" in str(e)
     # A whole run, checkpointed and evaluated, on two devices.
-    r = train.train_and_evaluate(dataclasses.replace(cfg, devices=2), "RUNDIR", dataset=ds)
+    from jaxprune import loop
+    r = loop.train_and_evaluate(dataclasses.replace(cfg, devices=2), "RUNDIR", dataset=ds)
     assert r.history[-1]["epoch"] == 1
     print("ok")
 """)

@@ -21,7 +21,9 @@ def test_seed_plan_is_the_write_up(resnet18_shapes):
     per_method = {m: [p for p in phases if p.method == m] for m in cfg.methods}
     for m, ps in per_method.items():
         oneshot = [p for p in ps if p.schedule == "oneshot"]
-        assert [(p.target, p.amount, p.parent) for p in oneshot] == [(0.5, 0.5, "baseline"), (0.75, 0.75, "baseline"), (0.9, 0.9, "baseline")]
+        assert [(p.target, p.count, p.parent) for p in oneshot] == [
+            (t, round(t * TOTAL), "baseline") for t in (0.5, 0.75, 0.9)
+        ]
         chains = {t: [p for p in ps if p.schedule == "iterative" and p.target == t] for t in (0.5, 0.75, 0.9)}
         assert [len(c) for c in chains.values()] == [7, 14, 22]
         # Exact sparsities, matching torch's counts, every round.

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 import jaxprune
-from jaxprune import checkpoint, config, data, train
+from jaxprune import checkpoint, config, data, loop, rundir, train
 from jaxprune.models import init_variables
 
 
@@ -87,7 +87,7 @@ def test_evaluate_counts_every_image_including_the_partial_batch(tiny_setup):
 
 def test_resumed_run_equals_uninterrupted(tmp_path, tiny_setup):
     cfg, _, ds = tiny_setup
-    whole = train.train_and_evaluate(cfg, tmp_path / "whole", dataset=ds)
+    whole = loop.train_and_evaluate(cfg, tmp_path / "whole", dataset=ds)
 
     class Crash(Exception):
         pass
@@ -97,10 +97,10 @@ def test_resumed_run_equals_uninterrupted(tmp_path, tiny_setup):
             raise Crash
 
     with pytest.raises(Crash):
-        train.train_and_evaluate(cfg, tmp_path / "resumed", dataset=ds, on_epoch=crash_at_2)
+        loop.train_and_evaluate(cfg, tmp_path / "resumed", dataset=ds, on_epoch=crash_at_2)
     with checkpoint.RunCheckpoints(tmp_path / "resumed" / "checkpoints") as ck:
         assert ck.latest() == 2
-    resumed = train.train_and_evaluate(cfg, tmp_path / "resumed", dataset=ds)
+    resumed = loop.train_and_evaluate(cfg, tmp_path / "resumed", dataset=ds)
     for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(a, b)
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
@@ -114,11 +114,11 @@ def test_resumed_run_equals_uninterrupted(tmp_path, tiny_setup):
 
 def test_a_different_config_is_refused(tmp_path, tiny_setup):
     cfg, _, ds = tiny_setup
-    train.train_and_evaluate(dataclasses.replace(cfg, epochs=1), tmp_path, dataset=ds)
-    with pytest.raises(train.RunDirError, match="epochs: 1 there, 2 now"):
-        train.train_and_evaluate(dataclasses.replace(cfg, epochs=2), tmp_path, dataset=ds)
+    loop.train_and_evaluate(dataclasses.replace(cfg, epochs=1), tmp_path, dataset=ds)
+    with pytest.raises(rundir.RunDirError, match="epochs: 1 there, 2 now"):
+        loop.train_and_evaluate(dataclasses.replace(cfg, epochs=2), tmp_path, dataset=ds)
     # Cosmetic fields may change.
-    train.train_and_evaluate(dataclasses.replace(cfg, epochs=1, progress=True), tmp_path, dataset=ds)
+    loop.train_and_evaluate(dataclasses.replace(cfg, epochs=1, progress=True), tmp_path, dataset=ds)
 
 
 RESTORE_SCRIPT = """
@@ -127,19 +127,20 @@ from jaxprune import checkpoint, config, train
 folder, epoch = checkpoint.locate(sys.argv[1])
 meta = checkpoint.read_meta(folder, epoch)
 cfg = config.from_dict(config.TrainConfig, meta["config"])
-state, _ = checkpoint.restore(folder, epoch, train.abstract_state(cfg))
-np.savez(sys.argv[2], *[np.asarray(x) for x in jax.tree.leaves(state)])
+model, _ = checkpoint.restore_model(folder, epoch, checkpoint.abstract_model(train.abstract_state(cfg)))
+np.savez(sys.argv[2], *[np.asarray(x) for x in jax.tree.leaves(model)])
 """
 
 
 def test_checkpoint_restores_bit_equal_in_a_fresh_process(tmp_path, tiny_setup):
     cfg, _, ds = tiny_setup
     cfg = dataclasses.replace(cfg, epochs=1)
-    result = train.train_and_evaluate(cfg, tmp_path / "run", dataset=ds)
+    result = loop.train_and_evaluate(cfg, tmp_path / "run", dataset=ds)
     out = tmp_path / "restored.npz"
     subprocess.run([sys.executable, "-c", RESTORE_SCRIPT, str(tmp_path / "run"), str(out)], check=True)
     restored = np.load(out)
-    leaves = jax.tree.leaves(result.state)
+    # A finished run keeps its model (params, batch stats, masks), not its optimizer state.
+    leaves = jax.tree.leaves(checkpoint.abstract_model(result.state))
     assert len(restored.files) == len(leaves)
     for i, leaf in enumerate(leaves):
         a, b = np.asarray(leaf), restored[f"arr_{i}"]
@@ -147,16 +148,31 @@ def test_checkpoint_restores_bit_equal_in_a_fresh_process(tmp_path, tiny_setup):
         assert a.tobytes() == b.tobytes()
 
 
-def test_retention_keeps_latest_and_best(tmp_path):
-    tree = {"w": jnp.arange(3.0)}
+def small_state(scale):
+    w = jnp.arange(3.0) * scale
+    return train.TrainState(params={"w": w}, batch_stats={}, opt_state={"m": w + 1}, masks={"w": w > 0},
+                            step=jnp.int32(scale), key=jnp.zeros(2, jnp.uint32))
+
+
+def test_retention_keeps_latest_and_best_and_drops_optimizer_state(tmp_path):
     with checkpoint.RunCheckpoints(tmp_path) as ck:
         for epoch, acc in [(1, 0.5), (2, 0.9), (3, 0.4), (4, 0.6)]:
-            ck.save(epoch, tree, {"metrics": {"test_acc": acc}})
+            ck.save(epoch, small_state(epoch), {"metrics": {"test_acc": acc}})
     with checkpoint.RunCheckpoints(tmp_path) as ck:
         assert ck.epochs() == [2, 4] and ck.best() == 2 and ck.latest() == 4
-        restored, meta = ck.restore(2, jax.eval_shape(lambda: tree))
-        np.testing.assert_array_equal(restored["w"], [0.0, 1.0, 2.0])
+        # Only the latest keeps what resuming needs; the best keeps its model.
+        assert ck.has_train_state(4) and not ck.has_train_state(2)
+        abstract = jax.eval_shape(lambda: small_state(1))
+        model, meta = ck.restore_model(2, checkpoint.abstract_model(abstract))
+        np.testing.assert_array_equal(model["params"]["w"], [0.0, 2.0, 4.0])
+        np.testing.assert_array_equal(model["masks"]["w"], [False, True, True])
         assert meta["metrics"]["test_acc"] == 0.9 and meta["kind"] == checkpoint.KIND
+        state, _ = ck.restore(4, abstract)
+        np.testing.assert_array_equal(state.opt_state["m"], [1.0, 5.0, 9.0])
+        assert int(state.step) == 4
+    with checkpoint.RunCheckpoints(tmp_path) as ck:
+        ck.close(finished=True)  # a finished run keeps no optimizer state at all
+    assert not (tmp_path / "4" / checkpoint.TRAIN).exists() and (tmp_path / "4" / checkpoint.MODEL).is_dir()
 
 
 CIFAR10_DIR = os.environ.get("JAXPRUNE_CIFAR10_DIR")
@@ -170,5 +186,5 @@ def test_real_cifar10_width8_one_epoch_on_10k_images(tmp_path):
         data=f"cifar10-bin:{CIFAR10_DIR}", train_subset=10_000, width=8, epochs=1,
         batch_size=32, augment=False, progress=False,
     )
-    result = train.train_and_evaluate(cfg, tmp_path)
+    result = loop.train_and_evaluate(cfg, tmp_path)
     assert result.history[-1]["test_acc"] > 0.35

@@ -1,0 +1,333 @@
+"""The run driver: epochs, checkpoints, resume, progress, and vmapped groups of runs.
+
+`train_and_evaluate(cfg, workdir)` trains one run; `train_runs` trains several
+at once. Every epoch is checkpointed, so rerunning the same call resumes from
+the last complete epoch and retraces the uninterrupted run exactly (on a CPU
+bit for bit; see README on GPUs).
+
+The device never waits for the host between epochs: epoch e+1 is dispatched
+before epoch e's metrics are read, its rows written and its checkpoint
+started. Since an epoch consumes (donates) its input state, epoch e's state
+is first copied on the device (a few MB, queued behind the epoch) for the
+checkpoint. Rows and checkpoints are still written in epoch order, one epoch
+behind the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+import jaxprune
+from jaxprune import checkpoint, config as config_lib, data, devices, interrupt, rundir, train
+from jaxprune.models import init_variables
+
+METRIC_FIELDS = rundir.METRIC_FIELDS
+
+
+@dataclasses.dataclass
+class RunResult:
+    """A run's final state and its metrics.
+
+    When the run had finished before this call, state holds only its model
+    (params, batch_stats, masks; the rest None): a finished run keeps no
+    optimizer state on disk.
+    """
+
+    state: train.TrainState
+    history: list[dict[str, Any]]  # one row per epoch, METRIC_FIELDS
+
+    @property
+    def best_test_acc(self) -> float:
+        return max(r["test_acc"] for r in self.history)
+
+
+@dataclasses.dataclass
+class RunSpec:
+    """One run for `train_runs`: its config, directory and starting point."""
+
+    cfg: config_lib.TrainConfig
+    workdir: Path
+    start: dict | None = None  # {'params', 'batch_stats'}; else a fresh init from cfg.seed
+    masks: Any = None  # pruning masks to train under; else all kept
+    meta: dict[str, Any] | None = None  # extra JSON in every checkpoint's metadata
+    identity: dict[str, Any] | None = None  # extra identity the directory must match (a phase's)
+
+
+class _Run:
+    """One run's directory (locked while training), checkpoints, metric logs and history."""
+
+    def __init__(self, spec: RunSpec, tx, mesh, stack: contextlib.ExitStack):
+        self.spec, self.cfg, self.workdir = spec, spec.cfg, Path(spec.workdir)
+        stack.enter_context(rundir.locked(self.workdir))
+        rundir.claim(self.workdir, self.cfg, spec.identity)
+        self.ckpts = checkpoint.RunCheckpoints(self.workdir / "checkpoints")
+        stack.callback(lambda: self.ckpts.close(finished=self.done))
+        found = self._resume(train.abstract_state(self.cfg, tx))
+        if found is not None:
+            self.state, self.history = found
+        else:
+            start = spec.start if spec.start is not None else init_variables(train.build_model(self.cfg), self.cfg.seed)
+            self.state = train.create_train_state(start, tx, self.cfg.seed, spec.masks, mesh)
+            self.history = []
+        self.live = self.state  # what the next epoch consumes
+        self.dispatched = len(self.history)
+        rundir.write_metric_logs(self.workdir, self.history)
+
+    def _resume(self, abstract: train.TrainState):
+        """(state, history) from the newest usable epoch, or None to start over.
+
+        A finished run's final epoch gives its model (no optimizer state is
+        kept); an unfinished run resumes from its latest epoch, the only one
+        with optimizer state. A step that fails to restore is set aside.
+        """
+        for epoch in reversed(self.ckpts.epochs()):
+            finished = epoch >= self.cfg.epochs
+            if not finished and not self.ckpts.has_train_state(epoch):
+                continue  # a best epoch, kept for its weights: nothing to resume from
+            try:
+                if finished:
+                    model, meta = self.ckpts.restore_model(epoch, checkpoint.abstract_model(abstract))
+                    return abstract.replace(**model, opt_state=None, step=None, key=None), meta["history"]
+                state, meta = self.ckpts.restore(epoch, abstract)
+                return state, meta["history"]
+            except Exception as e:  # a torn write surfaces as many error types
+                self.ckpts.set_aside(epoch, e)
+        if self.ckpts.epochs():
+            self.ckpts.log(f"{self.workdir}: no epoch to resume from; training again from the start")
+        return None
+
+    @property
+    def done(self) -> bool:
+        return len(self.history) >= self.cfg.epochs
+
+    def record(self, state: train.TrainState, row: dict[str, Any]) -> None:
+        self.state = state
+        self.history.append(row)
+        rundir.append_metric_logs(self.workdir, row)
+        self.ckpts.save(row["epoch"], state, {
+            **(self.spec.meta or {}),
+            "metrics": row,
+            "history": self.history,
+            "config": config_lib.to_dict(self.cfg),
+            "jaxprune_version": jaxprune.__version__,
+        })
+
+
+@dataclasses.dataclass
+class _Flight:
+    """An epoch dispatched to the device and not yet recorded."""
+
+    members: tuple[int, ...]  # indices of the runs it trains
+    epoch: int
+    snapshot: train.TrainState  # its final state (stacked when vmapped), safe from donation
+    metrics: dict[str, jax.Array]
+    dispatched_at: float
+    trace: dict[str, float] | None = None
+    watcher: threading.Thread | None = None  # sets trace['ready']
+
+
+def _stack(states):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def _unstack(stacked, n):
+    return [jax.tree.map(lambda x: x[i], stacked) for i in range(n)]
+
+
+@jax.jit
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
+def train_runs(
+    specs: list[RunSpec],
+    *,
+    dataset: data.Dataset | None = None,
+    on_epoch: Callable[[RunSpec, dict[str, Any]], None] | None = None,
+    run_axis: int | None = None,
+    trace: list[dict[str, float]] | None = None,
+) -> list[RunResult]:
+    """Trains several independent runs at once, `jax.vmap`ped over a run axis.
+
+    The runs share the recipe (configs equal but for the seed) and the data
+    set on the device; each has its own key, weights, masks, directory and
+    checkpoints, and each resumes on its own. Runs that a crash left at
+    different epochs first catch up.
+
+    run_axis (default: the number of runs) is the size of the vmapped run
+    axis; runs that are fewer (a lagging subset after a crash, a study's last
+    group) are padded with throwaway copies. XLA rounds a convolution batched
+    over N runs slightly differently from a single one, and differently for
+    each N, but identically whatever a run's partners and position: so with a
+    fixed run_axis results depend neither on the grouping nor on crashes and
+    resumes. run_axis=1 trains each run with the plain program, as
+    `train_and_evaluate` does.
+
+    trace, when given, receives per epoch the host times (perf_counter
+    seconds) of its dispatch ('dispatch_start', 'dispatch_end') and of its
+    results becoming ready ('ready'), measured by a watcher thread: the
+    device-idle benchmark reads them.
+
+    Raises interrupt.Interrupted, after saving the epoch in flight, when a
+    stop was requested (see `interrupt.stop_at_safe_points`).
+    """
+    run_axis = run_axis or len(specs)
+    if run_axis < len(specs):
+        raise ValueError(f"run_axis {run_axis} is smaller than the {len(specs)} runs")
+    batched = run_axis > 1
+    if not specs:
+        return []
+    for spec in specs:
+        spec.cfg.validate()
+    cfg = specs[0].cfg
+    if any(train.compile_key(s.cfg) != train.compile_key(cfg) for s in specs):
+        raise config_lib.ConfigError("runs trained together must share their recipe (all but the seed)")
+    if dataset is None:
+        dataset = data.load(cfg.data)
+    dataset = dataset.subset(cfg.train_subset)
+    n_train = len(dataset.train_labels)
+    n_steps = train.steps_per_epoch(cfg, n_train)
+    if n_steps == 0:
+        raise config_lib.ConfigError(
+            f"--batch-size {cfg.batch_size} is larger than the {n_train} training images (and --drop-last is on)"
+        )
+    tx = train.make_optimizer(cfg, n_steps)
+    mesh = devices.mesh(cfg.devices)
+    fns = train.step_fns_for(train.compile_key(cfg), n_steps, runs=batched)
+    with contextlib.ExitStack() as stack:
+        runs: list[_Run] = []
+        for spec in specs:  # each claims its directory only now, so bad input writes nothing
+            runs.append(_Run(spec, tx, mesh, stack))
+        # The whole data set lives on every device; batches are gathered there.
+        train_x, train_y, test_x, test_y = devices.put_replicated(
+            (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels), mesh
+        )
+        bar = stack.enter_context(_progress(cfg, runs))
+        last_ready = [time.perf_counter()]
+
+        def dispatch(members: tuple[int, ...], epoch: int, state) -> tuple[Any, _Flight]:
+            t0 = time.perf_counter()
+            state, train_m = fns.train_epoch(state, train_x, train_y, epoch)
+            test_m = fns.evaluate(state.params, state.batch_stats, state.masks, test_x, test_y)
+            flight = _Flight(members, epoch, _copy(state), {**train_m, **test_m}, t0)
+            if trace is not None:
+                flight.trace = {"epoch": epoch, "dispatch_start": t0, "dispatch_end": time.perf_counter()}
+                _watch_ready(flight)
+            for i in members:
+                runs[i].dispatched = epoch
+            return state, flight
+
+        def finish(flight: _Flight) -> None:
+            metrics = jax.device_get(flight.metrics)  # the epoch's one host sync
+            now = time.perf_counter()
+            seconds = (now - max(flight.dispatched_at, last_ready[0])) / len(flight.members)
+            last_ready[0] = now
+            states = _unstack(flight.snapshot, len(flight.members)) if batched else [flight.snapshot]
+            for j, (i, state) in enumerate(zip(flight.members, states)):
+                m = {k: (v[j] if batched else v) for k, v in metrics.items()}
+                row = {
+                    "epoch": flight.epoch,
+                    "step": flight.epoch * n_steps,
+                    "lr": train.epoch_lr(cfg, n_steps, flight.epoch),
+                    **{k: float(v) for k, v in m.items()},
+                    "seconds": seconds,
+                }
+                runs[i].record(state, row)
+                if on_epoch:
+                    on_epoch(runs[i].spec, row)
+                bar.update(1)
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{100 * row['test_acc']:.2f}%")
+            if trace is not None:
+                flight.watcher.join()
+                trace.append(flight.trace)
+
+        flight, group, stacked = None, None, None
+        while interrupt.requested() is None:
+            pending = [r for r in runs if r.dispatched < r.cfg.epochs]
+            if not pending:
+                break
+            epoch = min(r.dispatched for r in pending) + 1
+            members = tuple(i for i, r in enumerate(runs) if r.dispatched + 1 == epoch)
+            if batched:
+                if group != members:
+                    if flight is not None:  # the new stack needs every member's latest state
+                        finish(flight)
+                        flight = None
+                    padded = [*members, *[members[0]] * (run_axis - len(members))]
+                    group, stacked = members, _stack([runs[i].state for i in padded])
+                work = [(members, stacked)]
+            else:
+                work = [((i,), runs[i].live) for i in members]
+            for unit, state in work:
+                state, new = dispatch(unit, epoch, state)
+                if batched:
+                    stacked = state
+                else:
+                    runs[unit[0]].live = state
+                if flight is not None:
+                    finish(flight)
+                flight = new
+                if interrupt.requested() is not None:
+                    break
+        if flight is not None:
+            finish(flight)
+        interrupt.check()
+    return [RunResult(r.state, r.history) for r in runs]
+
+
+def _watch_ready(flight: _Flight) -> None:
+    def wait():
+        jax.block_until_ready(flight.metrics)
+        flight.trace["ready"] = time.perf_counter()
+
+    flight.watcher = threading.Thread(target=wait, daemon=True)
+    flight.watcher.start()
+
+
+def train_and_evaluate(
+    cfg: config_lib.TrainConfig,
+    workdir: str | Path,
+    *,
+    dataset: data.Dataset | None = None,
+    start: dict | None = None,
+    masks: Any = None,
+    meta: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Trains for cfg.epochs in `workdir`, checkpointing every epoch; a rerun resumes.
+
+    Args:
+      cfg: the run's config (validated here).
+      workdir: the run's directory: config.json, metrics.csv/.jsonl, checkpoints/.
+      dataset: data already loaded (else loaded from cfg.data).
+      start: {'params', 'batch_stats'} to start from (else a fresh init from cfg.seed).
+      masks: pruning masks to train under (else all kept).
+      meta: extra JSON saved in every checkpoint's metadata (e.g. the pruning round).
+      on_epoch: called with each new epoch's metrics row.
+    """
+    spec = RunSpec(cfg, Path(workdir), start, masks, meta)
+    callback = (lambda _, row: on_epoch(row)) if on_epoch else None
+    return train_runs([spec], dataset=dataset, on_epoch=callback)[0]
+
+
+@contextlib.contextmanager
+def _progress(cfg, runs: list[_Run]):
+    from tqdm.auto import tqdm
+
+    desc = runs[0].workdir.name if len(runs) == 1 else f"{runs[0].workdir.parent.name}/... ({len(runs)} runs)"
+    bar = tqdm(
+        total=sum(r.cfg.epochs for r in runs), initial=sum(len(r.history) for r in runs),
+        desc=desc, unit="epoch", disable=not cfg.progress, leave=True,
+    )
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -1,0 +1,154 @@
+"""A run's or a study's directory: the one place that knows the layout on disk.
+
+    DIR/.lock           held (fcntl.flock) by the one process using DIR; holds its pid
+    DIR/config.json     what the directory holds: the config, and the identity a rerun must match
+    DIR/metrics.csv     a run: one row per epoch, for people
+    DIR/metrics.jsonl   a run: the same rows as JSON, for programs
+    DIR/checkpoints/    a run: Orbax steps (see jaxprune.checkpoint)
+    DIR/results.csv     a study: one row per epoch of every phase
+
+Files are replaced atomically (written beside, then renamed), and readers of
+append-only logs tolerate a last line cut short by a kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import fcntl
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import jaxprune
+from jaxprune import config as config_lib
+
+LOCK, CONFIG = ".lock", "config.json"
+METRIC_FIELDS = ("epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+
+
+class RunDirError(ValueError):
+    """A directory in use by another process, or holding a different run."""
+
+
+# ---------------------------------------------------------------- one process per directory
+
+
+@contextlib.contextmanager
+def locked(directory: str | os.PathLike) -> Iterator[Path]:
+    """Holds an exclusive lock on `directory` (created if missing) while the block runs.
+
+    The lock is fcntl.flock on DIR/.lock, so the OS releases it when the
+    process dies however it dies. A second holder is refused at once with
+    RunDirError naming the first one's pid; it writes nothing.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirError(
+                f"{directory} is in use by another jaxprune process (pid {holder}); wait for it "
+                "to end or stop it (a rerun resumes), or use another --workdir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield directory
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+# ---------------------------------------------------------------- files
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replaces `path` with `text`: a reader or a crash sees the old file or the new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of an append-only JSON-lines log; a last line cut by a kill is dropped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # only the last line can be torn: appends are sequential
+    return rows
+
+
+def csv_text(fields: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return out.getvalue()
+
+
+def append_csv_row(path: Path, fields: Sequence[str], row: dict[str, Any]) -> None:
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", lineterminator="\n").writerow(row)
+
+
+# ---------------------------------------------------------------- what a directory holds
+
+
+def read_record(directory: Path) -> dict[str, Any] | None:
+    path = Path(directory) / CONFIG
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def claim(directory: Path, cfg, extra: dict | None = None, *, record_extra: dict | None = None) -> None:
+    """Writes config.json, or checks that the one there describes the same run (else RunDirError).
+
+    The identity is the config's result-changing fields plus `extra` (for a
+    study's phase: what it is and where it comes from). `record_extra` is
+    saved beside it without being compared.
+    """
+    # Through JSON, so tuples compare equal to the lists read back.
+    current = json.loads(json.dumps({"config": config_lib.identity(cfg), **(extra or {})}))
+    saved = read_record(directory)
+    if saved is not None:
+        diffs = config_lib.differences(saved.get("identity", {}), current)
+        if diffs:
+            raise RunDirError(
+                f"{directory} holds a different run ({'; '.join(diffs[:3])}); "
+                "use another --workdir or the same settings"
+            )
+        return
+    record = {
+        "config": config_lib.to_dict(cfg), "identity": current, **(record_extra or {}),
+        "jaxprune_version": jaxprune.__version__,
+    }
+    write_atomic(Path(directory) / CONFIG, json.dumps(record, indent=2))
+
+
+# ---------------------------------------------------------------- a run's metric logs
+
+
+def write_metric_logs(directory: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrites metrics.csv and metrics.jsonl from the history (the checkpoint's, after a resume)."""
+    write_atomic(directory / "metrics.csv", csv_text(METRIC_FIELDS, history))
+    write_atomic(directory / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+
+def append_metric_logs(directory: Path, row: dict[str, Any]) -> None:
+    append_csv_row(directory / "metrics.csv", METRIC_FIELDS, row)
+    with open(directory / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(directory: Path) -> list[dict[str, Any]]:
+    return read_jsonl(Path(directory) / "metrics.jsonl")
