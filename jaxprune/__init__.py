@@ -6,37 +6,57 @@ The public mask API (see `jaxprune.masks` for the semantics of masks,
     import jaxprune
     masks = jaxprune.init_masks(params)
     masks = jaxprune.prune_global(params, masks, 0.2)        # prune 20% of what remains
+    masks = jaxprune.prune(params, masks, sparsity=0.5, distribution="erk", score="lamp")
     params = jaxprune.apply_masks(params, masks)
     print(jaxprune.sparsity_report(masks))
+    tx = optax.chain(optax.adamw(1e-3), jaxprune.keep_pruned(masks))
 """
 
 from jaxprune.masks import (
+    DISTRIBUTIONS,
     METHODS,
+    SCORES,
     SparsityReport,
     apply_masks,
     default_filter,
+    exclude,
     init_masks,
+    keep_pruned,
     path_str,
+    polynomial_sparsity,
     prunable,
+    prune,
     prune_global,
     prune_layerwise,
+    register_score,
     sparsity,
     sparsity_report,
+    update_masks,
+    update_masks_on_device,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DISTRIBUTIONS",
     "METHODS",
+    "SCORES",
     "SparsityReport",
     "__version__",
     "apply_masks",
     "default_filter",
+    "exclude",
     "init_masks",
+    "keep_pruned",
     "path_str",
+    "polynomial_sparsity",
     "prunable",
+    "prune",
     "prune_global",
     "prune_layerwise",
+    "register_score",
     "sparsity",
     "sparsity_report",
+    "update_masks",
+    "update_masks_on_device",
 ]
