@@ -150,7 +150,9 @@ def _numpy(x) -> np.ndarray:
 # ---------------------------------------------------------------- state dicts
 
 
-def to_torch_state_dict(params, batch_stats, masks=None, *, num_batches_tracked: int = 0) -> dict[str, np.ndarray]:
+def to_torch_state_dict(
+    params, batch_stats, masks=None, *, num_batches_tracked: int = 0, dtype=np.float32
+) -> dict[str, np.ndarray]:
     """kuangliu's ResNet18 state_dict (key -> numpy array, in its key order) from Flax variables.
 
     Args:
@@ -159,8 +161,10 @@ def to_torch_state_dict(params, batch_stats, masks=None, *, num_batches_tracked:
       masks: jaxprune masks over `params` (True = kept); pruned weights are set
         to exactly +0.0. None: params are taken as they are.
       num_batches_tracked: the value of every BatchNorm's counter (0-d int64).
+      dtype: of the float tensors: float32 (what exports hold), or float64 to
+        keep a float64 model exact.
 
-    Floats are float32, laid out as torch lays them out (see the module
+    Floats are `dtype`, laid out as torch lays them out (see the module
     docstring), C-contiguous. Raises ExportError if the trees are not ResNet18's.
     """
     if masks is not None:
@@ -168,7 +172,7 @@ def to_torch_state_dict(params, batch_stats, masks=None, *, num_batches_tracked:
     sd = {}
     for collection, tree in (("params", params), ("batch_stats", batch_stats)):
         for names, x in _leaves(jax.device_get(tree)):
-            sd[torch_key(collection, names)] = _relayout(np.asarray(x, np.float32), TO_TORCH_AXES)
+            sd[torch_key(collection, names)] = _relayout(np.asarray(x, dtype), TO_TORCH_AXES)
     for name, kind in _torch_modules():
         if kind == "bn":
             sd[f"{name}.num_batches_tracked"] = np.array(num_batches_tracked, np.int64)

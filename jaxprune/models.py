@@ -8,11 +8,13 @@ width 64: 20 conv kernels + 1 dense kernel = 11,164,352 prunable weights,
 11,173,962 parameters in all.
 
 Initialisation and BatchNorm follow PyTorch's defaults, so that the recipe
-behaves as it did there: kernels U(-1/sqrt(fan_in), 1/sqrt(fan_in)), BatchNorm
-momentum 0.1 (Flax: 0.9) and epsilon 1e-5. Padding is explicit (1 pixel for
-3x3), as in PyTorch, rather than Flax's asymmetric 'SAME' at stride 2.
+behaves as it did there: kernels U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and
+`BatchNorm` with torch.nn.BatchNorm2d's semantics (see there). Padding is
+explicit (1 pixel for 3x3), as in PyTorch, rather than Flax's asymmetric
+'SAME' at stride 2.
 
-Layout is NHWC. ``dtype`` is the compute dtype; parameters stay float32.
+Layout is NHWC. ``dtype`` is the compute dtype; parameters stay float32, and
+statistics, the head's output and the loss are computed in at least float32.
 """
 
 from __future__ import annotations
@@ -38,6 +40,50 @@ def torch_bias_init(fan_in: int):
     return init
 
 
+class BatchNorm(nn.Module):
+    """torch.nn.BatchNorm2d(momentum=0.1, eps=1e-5) over the last axis of NHWC inputs.
+
+    What differs from flax.linen.BatchNorm, each as torch does it:
+    - the running variance is updated with the *unbiased* batch variance
+      (n / (n - 1) times the biased one that normalises the batch);
+    - statistics are computed two-pass (mean, then mean squared deviation) in
+      the input's precision promoted to at least float32 (Flax: float32, and
+      E[x^2] - E[x]^2 by default), so a float64 model is float64 throughout.
+    Variables keep Flax's names: params ``scale``, ``bias``; batch_stats
+    ``mean``, ``var``. In a data-parallel step the statistics are over the
+    global batch (XLA adds the all-reduce).
+    """
+
+    use_running_average: bool
+    momentum: float = 0.1  # torch's convention: new = (1 - momentum) * old + momentum * batch
+    epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,))
+        bias = self.param("bias", nn.initializers.zeros, (features,))
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+        stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
+        if self.use_running_average:
+            mean, var = ra_mean.value.astype(stat_dtype), ra_var.value.astype(stat_dtype)
+        else:
+            axes = tuple(range(x.ndim - 1))
+            xs = x.astype(stat_dtype)
+            mean = xs.mean(axes)
+            var = jnp.square(xs - mean).mean(axes)
+            if not self.is_initializing():
+                n = x.size // features
+                m = self.momentum
+                ra_mean.value = ((1 - m) * ra_mean.value + m * mean).astype(ra_mean.value.dtype)
+                unbiased = var * (n / max(n - 1, 1))
+                ra_var.value = ((1 - m) * ra_var.value + m * unbiased).astype(ra_var.value.dtype)
+        y = (x.astype(stat_dtype) - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale.astype(stat_dtype))
+        return (y + bias.astype(stat_dtype)).astype(self.dtype)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs with BatchNorm; a 1x1 conv shortcut when the shape changes."""
 
@@ -50,13 +96,7 @@ class BasicBlock(nn.Module):
         conv = functools.partial(
             nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=torch_kernel_init
         )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
+        norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
         s = (self.strides, self.strides)
         y = conv(self.features, (3, 3), s, padding=((1, 1), (1, 1)), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
@@ -94,10 +134,7 @@ class ResNet18(nn.Module):
             kernel_init=torch_kernel_init,
             name="stem_conv",
         )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-            name="stem_bn",
-        )(x)
+        x = BatchNorm(use_running_average=not train, dtype=self.dtype, name="stem_bn")(x)
         x = nn.relu(x)
         for stage, mult in enumerate((1, 2, 4, 8)):
             for block in range(2):
@@ -113,7 +150,9 @@ class ResNet18(nn.Module):
             bias_init=torch_bias_init(x.shape[-1]),
             name="head",
         )(x)
-        return x.astype(jnp.float32)
+        # Logits (and so the loss) in at least float32: bf16 logits would round
+        # the loss, and a float64 model stays float64.
+        return x.astype(jnp.promote_types(self.dtype, jnp.float32))
 
 
 def count_params(tree) -> int:

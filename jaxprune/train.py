@@ -63,8 +63,9 @@ def learning_rate(cfg: config_lib.TrainConfig, steps_per_epoch: int) -> optax.Sc
         t_max = cfg.t_max or cfg.epochs
 
         def schedule(count):
-            epoch = count // steps_per_epoch
-            return cfg.lr * 0.5 * (1 + jnp.cos(jnp.pi * epoch / t_max))
+            lr = jnp.asarray(cfg.lr)  # float64 when x64 is on, so the schedule is exact there
+            epoch = jnp.asarray(count // steps_per_epoch, lr.dtype)
+            return lr * 0.5 * (1 + jnp.cos(jnp.pi * epoch / t_max))
 
         return schedule
     if cfg.schedule == "cosine":
@@ -121,6 +122,7 @@ class StepFns:
 
     train_epoch: Callable = flax.struct.field(pytree_node=False)
     train_chunk: Callable = flax.struct.field(pytree_node=False)
+    epoch_batches: Callable = flax.struct.field(pytree_node=False)  # (state, epoch, n) -> (full, rest) indices
     evaluate: Callable = flax.struct.field(pytree_node=False)
     train_step: Callable = flax.struct.field(pytree_node=False)
 
@@ -291,7 +293,8 @@ def make_step_fns(model, tx, cfg: config_lib.TrainConfig, runs: bool = False, ma
     batches_fn = jax.jit(batches_of, static_argnums=2)
     chunk_fn = jax.jit(chunk_one, donate_argnums=0)
     return StepFns(
-        train_epoch=train_epoch, evaluate=jax.jit(eval_fn), train_step=jax.jit(step_fn), train_chunk=chunk_fn
+        train_epoch=train_epoch, evaluate=jax.jit(eval_fn), train_step=jax.jit(step_fn), train_chunk=chunk_fn,
+        epoch_batches=batches_fn,
     )
 
 
