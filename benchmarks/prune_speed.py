@@ -1,10 +1,11 @@
-"""Times one round of global pruning over ResNet18-sized params (and a larger size).
+"""Times one pruning round over ResNet18-sized params (and a larger size).
 
     python benchmarks/prune_speed.py [--repeats 7] [--scale 4] [--argsort]
 
-Prints the median wall time of `jaxprune.prune_global` per round (after a
-warm-up round that compiles), for magnitude and random ranking, on whatever
-device JAX uses by default. For scale it also times, on the same data:
+Prints the median wall time of one `jaxprune.prune` round (after a warm-up
+round that compiles) for each score (magnitude, random, lamp) and each
+distribution (global, uniform, erk), with its ratio to global magnitude, on
+whatever device JAX uses by default. For scale it also times, on the same data:
 numpy.partition alone (a floor for any exact selection on the host),
 torch.nn.utils.prune.global_unstructured when torch is installed, and with
 --argsort a plain jnp.argsort over all weights.
@@ -41,15 +42,24 @@ def median_ms(fn, repeats: int) -> float:
     return 1e3 * median_seconds(fn, repeats)
 
 
-def time_jaxprune(params, repeats: int) -> dict[str, float]:
+# (distribution, score) pairs timed; the first is the reference for the ratios.
+ROUNDS = [
+    ("global", "magnitude"),
+    ("global", "random"),
+    ("global", "lamp"),
+    ("uniform", "magnitude"),
+    ("erk", "magnitude"),
+    ("erk", "lamp"),
+]
+
+
+def time_jaxprune(params, repeats: int, rounds=ROUNDS) -> dict[tuple[str, str], float]:
     # Start from a mask that already has pruned weights, as in a study's later rounds.
     masks = jaxprune.prune_global(params, jaxprune.init_masks(params), 0.5)
     key = jax.random.key(0)
     return {
-        "magnitude": median_ms(lambda: jaxprune.prune_global(params, masks, 0.1), repeats),
-        "random": median_ms(
-            lambda: jaxprune.prune_global(params, masks, 0.1, method="random", key=key), repeats
-        ),
+        (d, s): median_ms(lambda: jaxprune.prune(params, masks, 0.1, distribution=d, score=s, key=key), repeats)
+        for d, s in rounds
     }
 
 
@@ -99,27 +109,30 @@ def main() -> None:
             p.size for p, f in zip(jax.tree.leaves(params), jax.tree.leaves(jaxprune.prunable(params))) if f
         )
         t = time_jaxprune(params, args.repeats)
-        rows.append((f"jaxprune magnitude, width {width}", n, t["magnitude"]))
-        rows.append((f"jaxprune random, width {width}", n, t["random"]))
+        for (d, s), ms in t.items():
+            rows.append((f"jaxprune {d} {s}, width {width}", n, ms, ms / t[ROUNDS[0]]))
         if width == 64:
             if device.platform == "cpu" and not args.no_jax_kernel:
                 with mock.patch.object(selection, "_all_on_cpu", lambda arrays: False):
-                    tj = time_jaxprune(params, max(3, args.repeats // 2))
-                rows.append(("  same, jax (GPU) kernel forced on CPU", n, tj["magnitude"]))
+                    tj = time_jaxprune(params, max(3, args.repeats // 2), ROUNDS[:1])
+                rows.append(("  same, jax (GPU) kernel forced on CPU", n, tj[ROUNDS[0]], None))
             flat = np.concatenate([np.abs(np.asarray(p)).reshape(-1) for p in jax.tree.leaves(params) if p.ndim >= 2])
             rows.append(("  for scale: numpy.partition alone", flat.size,
-                         median_ms(lambda: np.partition(flat, flat.size // 10), args.repeats)))
+                         median_ms(lambda: np.partition(flat, flat.size // 10), args.repeats), None))
+            rows.append(("  for scale: numpy.sort alone (what LAMP avoids)", flat.size,
+                         median_ms(lambda: np.sort(flat), max(1, args.repeats // 3)), None))
             tt = time_torch(params, args.repeats)
             if tt is not None:
-                rows.append(("  for scale: torch global_unstructured", n, tt))
+                rows.append(("  for scale: torch global_unstructured", n, tt, None))
             if args.argsort:
                 x = jnp.asarray(flat)
                 rows.append(("  for scale: jnp.argsort", flat.size,
-                             median_ms(lambda: jnp.argsort(x), max(1, args.repeats // 3))))
+                             median_ms(lambda: jnp.argsort(x), max(1, args.repeats // 3)), None))
         del params
-    print(f"{'what':44s} {'weights':>12s} {'ms/round':>10s} {'ns/weight':>10s}")
-    for name, n, ms in rows:
-        print(f"{name:44s} {n:12,d} {ms:10.1f} {1e6 * ms / n:10.2f}")
+    print(f"{'what':48s} {'weights':>12s} {'ms/round':>10s} {'ns/weight':>10s} {'x global mag':>13s}")
+    for name, n, ms, ratio in rows:
+        r = f"{ratio:13.2f}" if ratio is not None else ""
+        print(f"{name:48s} {n:12,d} {ms:10.1f} {1e6 * ms / n:10.2f} {r}")
 
 
 if __name__ == "__main__":
