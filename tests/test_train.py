@@ -188,3 +188,105 @@ def test_real_cifar10_width8_one_epoch_on_10k_images(tmp_path):
     )
     result = loop.train_and_evaluate(cfg, tmp_path)
     assert result.history[-1]["test_acc"] > 0.35
+
+
+def test_seed_preset_trains_every_image_at_the_write_ups_learning_rates(tmp_path):
+    """The write-up's recipe on any data: lr 0.1, 0.099994, 0.099975 (CosineAnnealingLR(T_max=200)
+    per epoch), and every image each epoch: 300 images at batch 128 are 3 steps, the last of 44."""
+    from jaxprune import cli
+
+    workdir = tmp_path / "seed"
+    args = ["train", "--preset", "seed", "--data", "synthetic:300,50", "--width", "4", "--epochs", "3",
+            "--workdir", str(workdir), "--no-progress"]
+    assert cli.main(args) == 0
+    rows = rundir.read_metrics(workdir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [round(r["lr"], 6) for r in rows] == [0.1, 0.099994, 0.099975]
+    assert [r["step"] for r in rows] == [3, 6, 9]
+    saved = json.loads((workdir / "config.json").read_text())["config"]
+    assert saved["schedule"] == "epoch-cosine" and saved["t_max"] == 200 and saved["drop_last"] is False
+    # Dropping the partial batch is an option: 2 steps per epoch.
+    assert cli.main([*args[:-3], "--drop-last", "--epochs", "1", "--workdir", str(tmp_path / "drop"), "--no-progress"]) == 0
+    assert [r["step"] for r in rundir.read_metrics(tmp_path / "drop")] == [2]
+
+
+SCAN_SCRIPT = """
+import jax
+jax.config.update("jax_enable_x64", True)
+import dataclasses, jax.numpy as jnp, numpy as np
+from jaxprune import config, data, train
+from jaxprune.models import ResNet18, init_variables
+ds = data.synthetic(7 * 32 + 10, 20)  # 7 full batches of 32 and one of 10
+cfg = config.TrainConfig(data="synthetic:1", width=4, batch_size=32, epochs=2, progress=False)
+variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), init_variables(ResNet18(width=4), 0))
+out = {}
+for k in (1, 3):  # one step per dispatch; chunks of 3, 3 and a ragged 1, then the partial batch
+    c = dataclasses.replace(cfg, steps_per_dispatch=k)
+    n_steps = train.steps_per_epoch(c, len(ds.train_labels))
+    tx = train.make_optimizer(c, n_steps)
+    fns = train.make_step_fns(ResNet18(width=4, dtype=jnp.float64), tx, c)
+    state = train.create_train_state(variables, tx, 0)
+    for epoch in (1, 2):
+        state, m = fns.train_epoch(state, ds.train_images, ds.train_labels, epoch)
+    out[k] = jax.device_get((state, m))
+(a, ma), (b, mb) = out[1], out[3]
+assert int(a.step) == int(b.step) == 16
+worst = max(float(np.max(np.abs(x - y)) / max(1.0, float(np.max(np.abs(x)))))
+            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)) if x.dtype == np.float64)
+assert worst < 1e-10, worst
+assert float(ma["train_acc"]) == float(mb["train_acc"]) and abs(float(ma["train_loss"]) - float(mb["train_loss"])) < 1e-6
+print("ok", worst)
+"""
+
+
+def test_whole_epoch_scan_equals_one_step_per_dispatch():
+    """The accelerator path (k steps in one lax.scan dispatch, a ragged last chunk, then the
+    partial batch) equals one dispatch per step. In float64, where rounding cannot hide a
+    difference: in float32 this small network amplifies last-bit differences to percents."""
+    result = subprocess.run([sys.executable, "-c", SCAN_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("ok")
+
+
+def test_bfloat16_run_trains_resumes_and_evaluates(tmp_path, tiny_setup):
+    from jaxprune import evaluation
+
+    _, _, ds = tiny_setup
+    cfg = tiny(dtype="bfloat16", epochs=2)
+
+    class Crash(Exception):
+        pass
+
+    def crash(row):
+        raise Crash
+
+    whole = loop.train_and_evaluate(cfg, tmp_path / "whole", dataset=ds)
+    with pytest.raises(Crash):
+        loop.train_and_evaluate(cfg, tmp_path / "cut", dataset=ds, on_epoch=crash)
+    resumed = loop.train_and_evaluate(cfg, tmp_path / "cut", dataset=ds)
+    assert whole.state.params["head"]["kernel"].dtype == jnp.float32  # parameters stay float32
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(whole.history) == strip(resumed.history)
+    for x, y in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state)):
+        np.testing.assert_array_equal(x, y)
+    assert whole.history[-1]["train_loss"] < whole.history[0]["train_loss"]  # it learns
+    result = evaluation.evaluate_checkpoint(tmp_path / "whole")
+    assert result.test_acc == pytest.approx(whole.history[-1]["test_acc"], abs=1e-6)
+
+
+def test_deterministic_flag_reaches_xla_and_runs(tmp_path):
+    """--deterministic sets XLA's deterministic-kernel flags before the backend starts
+    (GPU flags; accepted on a CPU, where runs are deterministic anyway)."""
+    workdir = tmp_path / "det"
+    code = ("import os, sys; from jaxprune import cli; rc = cli.main(sys.argv[1:]); "
+            "print(os.environ['XLA_FLAGS']); sys.exit(rc)")
+    result = subprocess.run(
+        [sys.executable, "-c", code, "train", "--preset", "smoke", "--epochs", "1", "--deterministic",
+         "--workdir", str(workdir), "--no-progress"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "XLA_FLAGS": "--xla_cpu_use_thunk_runtime=true"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    flags = result.stdout.strip().splitlines()[-1].split()
+    assert "--xla_cpu_use_thunk_runtime=true" in flags  # the user's own flags are kept
+    assert "--xla_gpu_deterministic_ops=true" in flags and "--xla_gpu_exclude_nondeterministic_ops=true" in flags
+    assert len(rundir.read_metrics(workdir)) == 1
