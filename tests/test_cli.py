@@ -51,7 +51,7 @@ def test_help_documents_every_option():
         (["train", "--batch-size", "-1", "--workdir", "{tmp}/w"], "--batch-size must be > 0"),
         (["train", "--data", "mnist", "--workdir", "{tmp}/w"], "unknown data source 'mnist'"),
         (["train", "--data", "cifar10-bin:{tmp}/nothing", "--workdir", "{tmp}/w"], "no CIFAR-10 binary data"),
-        (["train", "--preset", "smoke", "--batch-size", "4096", "--workdir", "{tmp}/w"], "larger than the 2048"),
+        (["train", "--preset", "smoke", "--batch-size", "4096", "--drop-last", "--workdir", "{tmp}/w"], "larger than the 2048"),
         (["train", "--dtype", "float16"], "invalid choice"),
         (["train", "--epochs", "many"], "invalid int value"),
     ],
