@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import pandas as pd
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -30,24 +32,61 @@ class ReportError(ValueError):
     """No usable results.csv."""
 
 
+COLUMNS = {
+    "schedule": str, "method": str, "target": float, "round": int, "sparsity": float, "epoch": int,
+    "test_acc": float, "train_loss": float, "train_acc": float, "seconds": float,
+}
+
+
+def _parse(path: Path) -> pd.DataFrame:
+    """results.csv as a typed frame; ValueError if a column, a value or a row is damaged."""
+    df = pd.read_csv(path, dtype={"schedule": str, "method": str}, keep_default_na=False)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"no column {missing[0]!r}")
+    numeric = [c for c, t in COLUMNS.items() if t is not str]
+    df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
+    if df[numeric].isna().any().any():
+        raise ValueError(f"row {int(df[numeric].isna().any(axis=1).idxmax()) + 2} is incomplete")
+    return df.astype(COLUMNS)
+
+
 def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a study's results.csv.
+
+    A results.csv that a kill left torn (a row cut mid-append) or otherwise
+    damaged is rebuilt from the phases' own metric logs, which the study
+    directory lists in its config.json, and rewritten when no study holds
+    the directory.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "results.csv"
+    workdir = path.parent
     if not path.is_file():
         raise ReportError(f"no results.csv at {path}; run `jaxprune study` there first")
-    rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            rows.append({
-                "schedule": r["schedule"], "method": r["method"], "target": float(r["target"]),
-                "round": int(r["round"]), "sparsity": float(r["sparsity"]), "epoch": int(r["epoch"]),
-                "test_acc": float(r["test_acc"]), "train_loss": float(r["train_loss"]),
-                "train_acc": float(r["train_acc"]), "seconds": float(r["seconds"]),
-            })
-    if not rows:
+    try:
+        df = _parse(path)
+    except (ValueError, pd.errors.ParserError) as e:
+        df = _rebuilt(workdir, f"{path} is damaged ({e})")
+    if df.empty:
         raise ReportError(f"{path} has no rows yet")
-    return rows
+    return df.to_dict("records")
+
+
+def _rebuilt(workdir: Path, why: str) -> pd.DataFrame:
+    from jaxprune import rundir, study  # only on this rare path: they bring JAX
+
+    phases = study.recorded_phases(workdir)
+    if not phases:
+        raise ReportError(f"{why}, and {workdir} lists no phases to rebuild it from")
+    print(f"jaxprune: {why}; rebuilt it from the phases' metric logs", file=sys.stderr)
+    try:
+        with rundir.locked(workdir):
+            study.rebuild_results(workdir, phases)
+    except rundir.RunDirError:
+        pass  # a study is running there and will rewrite it; use the rebuilt rows without writing
+    return pd.DataFrame(study.result_rows(workdir, phases), columns=list(COLUMNS)).astype(COLUMNS)
 
 
 # ---------------------------------------------------------------- reductions

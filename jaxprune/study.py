@@ -308,17 +308,18 @@ def run_study(cfg: config_lib.StudyConfig, workdir: str | Path, *, log: Callable
         if baseline is not None:
             _copy_history(cfg.baseline, workdir / BASELINE)
         recorded = every if baseline is None or every[0].name == BASELINE else [BASELINE_PHASE, *every]
-        epochs_total = sum(phase_config(cfg, p).epochs for p in phases)
-        log(
-            f"study: {len(phases)} phases, {epochs_total} epochs, in {workdir}; about "
-            f"{disk_estimate(phases, total, n_params) / 1e9:.2f} GB on disk when done"
-        )
-        _run_phases(cfg, workdir, phases, baseline, dataset, recorded, log)
+        disk = _size(disk_estimate(every, total, n_params))
+        _run_phases(cfg, workdir, phases, baseline, dataset, recorded, log, disk)
         rebuild_results(workdir, recorded)
     return workdir / "results.csv"
 
 
-def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None, dataset, recorded, log) -> None:
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
+
+
+def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None, dataset, recorded, log,
+                disk: str) -> None:
     finals: dict[str, Final] = {}
     if baseline is not None:
         finals[BASELINE] = baseline
@@ -348,6 +349,12 @@ def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None,
         done.add(BASELINE)
     pending = [p for p in phases if p.name not in done]
     n_done = len(done) - (baseline is not None)
+    epochs = [phase_config(cfg, p).epochs for p in phases]
+    to_train = sum(e for p, e in zip(phases, epochs) if p.name not in done)
+    log(
+        f"study: {len(phases)} phases ({n_done} finished), {to_train} of {sum(epochs)} epochs to train, "
+        f"in {workdir}; about {disk} on disk when the study is done"
+    )
     while pending:
         ready = [p for p in pending if p.parent is None or p.parent in done]
         epochs = phase_config(cfg, ready[0]).epochs

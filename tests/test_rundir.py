@@ -1,0 +1,284 @@
+"""A study directory that is safe to share, to grow and to interrupt.
+
+One process per directory, studies that grow, exact phase names, damage
+survived, baselines from anywhere, signals, and SIGKILL at random moments.
+Every subprocess has a time bound.
+"""
+
+import csv
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jaxprune import checkpoint, cli, config, evaluation, rundir, study
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = [sys.executable, "-m", "jaxprune.cli"]
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def strip(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def wait_for(predicate, timeout, proc=None, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended (rc {proc.returncode}) before {what}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def lines(path):
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+# ---------------------------------------------------------------- one process per directory
+
+
+def test_a_second_process_is_refused_at_once_and_the_first_run_is_whole(tmp_path):
+    w = tmp_path / "run"
+    args = ["train", "--preset", "smoke", "--epochs", "4", "--workdir", str(w), "--no-progress"]
+    first = subprocess.Popen([*PY, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: lines(w / "metrics.csv") >= 2, 300, first, "the first epoch")
+        second = subprocess.run([*PY, *args], capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        err = second.stderr.strip().splitlines()
+        assert len(err) == 1 and f"pid {first.pid}" in err[0] and "in use" in err[0], second.stderr
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        first.kill()
+    rows = rundir.read_metrics(w)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert lines(w / "metrics.csv") == 1 + 4
+
+
+def test_a_refused_process_writes_nothing(tmp_path):
+    w = tmp_path / "study"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom jaxprune import rundir\n"
+         "with rundir.locked(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)", str(w)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = subprocess.run([*PY, "study", "--preset", "smoke", "--workdir", str(w)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and f"pid {holder.pid}" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert [p.name for p in w.iterdir()] == [rundir.LOCK]
+    finally:
+        holder.kill()
+
+
+# ---------------------------------------------------------------- studies grow
+
+
+GROW = ["--preset", "smoke", "--methods", "magnitude", "--targets", "0.5", "--baseline-epochs", "2",
+        "--no-progress", "--no-report"]
+
+
+def test_oneshot_then_iterative_grow_one_study_with_one_baseline(tmp_path):
+    runs = []
+    for script in ("oneshot.py", "iterative.py"):
+        runs.append(subprocess.run([sys.executable, str(ROOT / "scripts" / script), *GROW],
+                                   cwd=tmp_path, capture_output=True, text=True, timeout=600))
+        assert runs[-1].returncode == 0, runs[-1].stderr[-2000:]
+    studies = list((tmp_path / "runs").iterdir())
+    assert len(studies) == 1  # the default directory comes from the shared recipe alone
+    w = studies[0]
+    # The baseline was reused, not trained again.
+    assert "baseline:" not in runs[1].stdout and "2 phases (1 finished), 1 of 3 epochs" in runs[1].stdout
+    assert [r["epoch"] for r in rundir.read_metrics(w / "baseline")] == [1, 2]
+    rows = read_rows(w / "results.csv")
+    assert [(r["schedule"], r["round"]) for r in rows] == [("baseline", "0")] * 2 + [("oneshot", "1"), ("iterative", "1")]
+    assert [p.name for p in study.recorded_phases(w)] == [
+        "baseline", "oneshot-magnitude-0.50/round-01", "iterative-magnitude-0.50/round-01"]
+    # What finished phases depend on may not change under them.
+    changed = subprocess.run([sys.executable, str(ROOT / "scripts" / "iterative.py"), *GROW, "--step", "0.3",
+                              "--workdir", str(w)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert changed.returncode == 2 and "step: 0.5 there, 0.3 now" in changed.stderr
+
+
+def test_targets_are_named_exactly_and_duplicates_refused(tmp_path, capsys):
+    cfg = config.study_preset("seed", targets=(0.875, 0.88), methods=("random",))
+    phases = study.plan(cfg, 11_164_352)
+    chains = {p.chain for p in phases} - {"baseline"}
+    assert chains == {"oneshot-random-0.875", "oneshot-random-0.88", "iterative-random-0.875", "iterative-random-0.88"}
+    seeds = {study.phase_config(cfg, p).seed for p in phases if p.round == 1}
+    assert len(seeds) == 4
+    assert study.target_name(0.5) == "0.50" and study.target_name(0.875) == "0.875"
+    code = cli.main(["study", "--preset", "smoke", "--targets", "0.5", "0.75", "0.5", "--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--targets lists 0.5 more than once" in err[0]
+    assert not (tmp_path / "w").exists()
+
+
+# ---------------------------------------------------------------- damage
+
+
+def _truncate_files(folder: Path) -> int:
+    n = 0
+    for p in folder.rglob("*"):
+        if p.is_file() and p.stat().st_size > 1:
+            p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+            n += 1
+    return n
+
+
+def test_a_truncated_checkpoint_is_set_aside_and_the_run_resumes(tmp_path, capsys):
+    args = ["train", "--preset", "smoke", "--epochs", "3", "--no-progress", "--workdir"]
+    assert cli.main([*args, str(tmp_path / "whole")]) == 0
+    cut = tmp_path / "cut"
+    assert cli.main([*args, str(cut)]) == 0
+    steps = sorted(int(p.name) for p in (cut / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == 3
+    assert _truncate_files(cut / "checkpoints" / "3") > 0  # as a kill or a full disk leaves it
+    capsys.readouterr()
+    assert cli.main([*args, str(cut)]) == 0  # the rerun reports it, sets it aside and retrains
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and "moved aside to 3.damaged" in err and "Traceback" not in err
+    assert (cut / "checkpoints" / "3.damaged").is_dir()
+    assert strip(rundir.read_metrics(cut)) == strip(rundir.read_metrics(tmp_path / "whole"))
+    # evaluate skips an unreadable step in one line and uses the other kept one.
+    _truncate_files(cut / "checkpoints" / "3" / checkpoint.META)
+    result = subprocess.run([*PY, "evaluate", str(cut)], capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in result.stderr
+    if result.returncode == 0:
+        assert "cannot be read" in result.stderr and "test accuracy" in result.stdout
+    else:  # the best was the latest: nothing readable is left
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) <= 2
+
+
+def test_a_torn_results_csv_is_rebuilt_by_the_report(tmp_path):
+    w = tmp_path / "s"
+    args = ["study", "--preset", "smoke", "--methods", "magnitude", "--schedules", "oneshot", "--targets", "0.5",
+            "--baseline-epochs", "1", "--workdir", str(w), "--no-progress", "--no-report"]
+    assert cli.main(args) == 0
+    whole = (w / "results.csv").read_bytes()
+    (w / "results.csv").write_bytes(whole[: len(whole) - 20])  # a row cut mid-append
+    result = subprocess.run([*PY, "report", str(w)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "damaged" in result.stderr and "rebuilt" in result.stderr and "Traceback" not in result.stderr
+    assert (w / "results.csv").read_bytes() == whole
+    assert (w / "report" / "table1_oneshot.csv").is_file()
+
+
+# ---------------------------------------------------------------- baselines from anywhere
+
+
+def test_a_baseline_from_two_devices_restores_on_one(tmp_path):
+    base = tmp_path / "base"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    trained = subprocess.run([*PY, "train", "--preset", "smoke", "--epochs", "1", "--devices", "2",
+                              "--workdir", str(base), "--no-progress"], env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    w = tmp_path / "s"
+    assert cli.main(["study", "--preset", "smoke", "--baseline", str(base), "--methods", "magnitude",
+                     "--schedules", "oneshot", "--targets", "0.5", "--workdir", str(w),
+                     "--no-progress", "--no-report"]) == 0
+    result = evaluation.evaluate_checkpoint(w / "oneshot-magnitude-0.50" / "round-01")
+    assert result.sparsity.total.sparsity == pytest.approx(0.5, abs=1e-6)
+
+
+def test_a_pruned_baseline_is_continued_from(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert cli.main(["study", "--preset", "smoke", "--methods", "magnitude", "--schedules", "oneshot",
+                     "--targets", "0.5", "--baseline-epochs", "1", "--workdir", str(first),
+                     "--no-progress", "--no-report"]) == 0
+    pruned = first / "oneshot-magnitude-0.50" / "round-01"
+    w = tmp_path / "second"
+    args = ["study", "--preset", "smoke", "--baseline", str(pruned), "--methods", "magnitude",
+            "--schedules", "oneshot", "iterative", "--workdir", str(w), "--no-progress", "--no-report"]
+    capsys.readouterr()
+    assert cli.main([*args, "--targets", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "not above the baseline's sparsity 50.00%" in err and len(err.strip().splitlines()) == 1
+    assert cli.main([*args, "--targets", "0.75"]) == 0
+    total = study.prunable_total(config.study_preset("smoke").train)
+    phases = study.recorded_phases(w)
+    assert [(p.name, p.count) for p in phases] == [
+        ("oneshot-magnitude-0.75/round-01", round(0.75 * total) - round(0.5 * total)),
+        # The smoke step prunes half of what remains: from 50% to 75% in one round.
+        ("iterative-magnitude-0.75/round-01", round(0.5 * (total - round(0.5 * total)))),
+    ]
+    for p in phases:
+        result = evaluation.evaluate_checkpoint(w / p.name)
+        assert result.sparsity.total.sparsity == pytest.approx(p.sparsity, abs=1e-12)
+        assert result.sparsity.total.sparsity == pytest.approx(0.75, abs=1 / total)
+
+
+# ---------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_at_a_safe_point_and_the_rerun_resumes(tmp_path, sig, code):
+    w = tmp_path / "run"
+    args = ["train", "--preset", "smoke", "--epochs", "4", "--workdir", str(w), "--no-progress"]
+    proc = subprocess.Popen([*PY, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: lines(w / "metrics.csv") >= 2, 300, proc, "the first epoch")
+        proc.send_signal(sig)
+        assert proc.wait(timeout=300) == code
+        err = proc.stderr.read()
+    finally:
+        proc.kill()
+    assert "Traceback" not in err and "rerun the same command to resume" in err.strip().splitlines()[-1]
+    saved = rundir.read_metrics(w)
+    assert 1 <= len(saved) < 4
+    with checkpoint.RunCheckpoints(w / "checkpoints", read_only=True) as ck:
+        assert ck.latest() == len(saved)  # every recorded epoch was saved before exiting
+    if sig == signal.SIGTERM:
+        assert cli.main(args) == 0
+        assert cli.main([*args[:-3], "--workdir", str(tmp_path / "whole"), "--no-progress"]) == 0
+        assert strip(rundir.read_metrics(w)) == strip(rundir.read_metrics(tmp_path / "whole"))
+
+
+# ---------------------------------------------------------------- SIGKILL at random moments
+
+
+FAULT = ["study", "--preset", "smoke", "--methods", "magnitude", "--targets", "0.5", "0.75",
+         "--baseline-epochs", "3", "--no-progress", "--no-report"]
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_results(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert cli.main([*FAULT, "--workdir", str(whole)]) == 0
+    expected = read_rows(whole / "results.csv")
+    assert len(expected) == 3 + 4  # baseline 3 epochs; one-shot 0.5, 0.75; shared chain 0.5 -> 0.75
+    rng = random.Random(0)
+    results, kills, deadline = killed / "results.csv", 0, time.time() + 600
+    while kills < 6 and time.time() < deadline:
+        before = lines(results)
+        proc = subprocess.Popen([*PY, *FAULT, "--workdir", str(killed)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            # Some progress, then a moment anywhere in the next epoch, its save or its rows.
+            wait_for(lambda: lines(results) > max(before, 1) or proc.poll() is not None, 300)
+            time.sleep(rng.uniform(0.0, 2.5))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        if proc.returncode == 0:
+            break  # it finished before the kill landed
+        kills += 1
+    assert kills >= 5, f"only {kills} kills landed"
+    assert cli.main([*FAULT, "--workdir", str(killed)]) == 0
+    assert strip(read_rows(results)) == strip(expected)
+    for folder in killed.rglob("checkpoints"):
+        assert not list(folder.glob("*.orbax-checkpoint-tmp*"))  # no temporaries left behind
