@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import threading
 import time
 from pathlib import Path
@@ -127,7 +128,7 @@ class _Flight:
 
     members: tuple[int, ...]  # indices of the runs it trains
     epoch: int
-    snapshot: train.TrainState  # its final state (stacked when vmapped), safe from donation
+    snapshots: list[train.TrainState]  # each member's final state, safe from donation
     metrics: dict[str, jax.Array]
     dispatched_at: float
     trace: dict[str, float] | None = None
@@ -138,13 +139,16 @@ def _stack(states):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
-def _unstack(stacked, n):
-    return [jax.tree.map(lambda x: x[i], stacked) for i in range(n)]
+@functools.partial(jax.jit, static_argnums=1)
+def _snapshots(state, n: int | None):
+    """Copies of a state (n=None) or of the first n runs of a stacked one, in one dispatch.
 
-
-@jax.jit
-def _copy(tree):
-    return jax.tree.map(jnp.copy, tree)
+    Queued before the next epoch consumes the state; slicing later would
+    queue behind that epoch, and saving the slices would wait for it.
+    """
+    if n is None:
+        return [jax.tree.map(jnp.copy, state)]
+    return [jax.tree.map(lambda x: x[i], state) for i in range(n)]
 
 
 def train_runs(
@@ -217,7 +221,8 @@ def train_runs(
             t0 = time.perf_counter()
             state, train_m = fns.train_epoch(state, train_x, train_y, epoch)
             test_m = fns.evaluate(state.params, state.batch_stats, state.masks, test_x, test_y)
-            flight = _Flight(members, epoch, _copy(state), {**train_m, **test_m}, t0)
+            snapshots = _snapshots(state, len(members) if batched else None)
+            flight = _Flight(members, epoch, snapshots, {**train_m, **test_m}, t0)
             if trace is not None:
                 flight.trace = {"epoch": epoch, "dispatch_start": t0, "dispatch_end": time.perf_counter()}
                 _watch_ready(flight)
@@ -230,8 +235,7 @@ def train_runs(
             now = time.perf_counter()
             seconds = (now - max(flight.dispatched_at, last_ready[0])) / len(flight.members)
             last_ready[0] = now
-            states = _unstack(flight.snapshot, len(flight.members)) if batched else [flight.snapshot]
-            for j, (i, state) in enumerate(zip(flight.members, states)):
+            for j, (i, state) in enumerate(zip(flight.members, flight.snapshots)):
                 m = {k: (v[j] if batched else v) for k, v in metrics.items()}
                 row = {
                     "epoch": flight.epoch,

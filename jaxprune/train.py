@@ -25,6 +25,7 @@ from typing import Any, Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxprune import config as config_lib, data, devices, masks as masks_lib
@@ -52,30 +53,37 @@ def steps_per_epoch(cfg: config_lib.TrainConfig, n_train: int) -> int:
     return n_train // cfg.batch_size if cfg.drop_last else -(-n_train // cfg.batch_size)
 
 
-def learning_rate(cfg: config_lib.TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-    """The learning rate as a function of the run's 0-based SGD step count.
+def _lr_at(cfg: config_lib.TrainConfig, steps_per_epoch: int, count, xp):
+    """The lr after `count` SGD steps, computed with array module `xp` (jax.numpy or numpy).
 
     epoch-cosine is torch's CosineAnnealingLR(T_max) with eta_min 0, stepped
     once per epoch: constant within an epoch, lr/2 (1 + cos(pi e / T_max))
-    for 0-based epoch e. cosine anneals per step to 0 over cfg.epochs.
+    for 0-based epoch e. cosine anneals per step to 0 over cfg.epochs, as
+    optax.cosine_decay_schedule does.
     """
+    lr = xp.asarray(cfg.lr)  # float64 with numpy, and with jax when x64 is on: exact there
+    if cfg.schedule == "constant":
+        return lr
     if cfg.schedule == "epoch-cosine":
-        t_max = cfg.t_max or cfg.epochs
+        progress = xp.asarray(count // steps_per_epoch, lr.dtype) / (cfg.t_max or cfg.epochs)
+    else:
+        total = max(steps_per_epoch * cfg.epochs, 1)
+        progress = xp.asarray(xp.minimum(count, total), lr.dtype) / total
+    return lr * 0.5 * (1 + xp.cos(xp.pi * progress))
 
-        def schedule(count):
-            lr = jnp.asarray(cfg.lr)  # float64 when x64 is on, so the schedule is exact there
-            epoch = jnp.asarray(count // steps_per_epoch, lr.dtype)
-            return lr * 0.5 * (1 + jnp.cos(jnp.pi * epoch / t_max))
 
-        return schedule
-    if cfg.schedule == "cosine":
-        return optax.cosine_decay_schedule(cfg.lr, max(steps_per_epoch * cfg.epochs, 1))
-    return optax.constant_schedule(cfg.lr)
+def learning_rate(cfg: config_lib.TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """The learning rate as a function of the run's 0-based SGD step count (see `_lr_at`)."""
+    return functools.partial(_lr_at, cfg, steps_per_epoch, xp=jnp)
 
 
 def epoch_lr(cfg: config_lib.TrainConfig, steps_per_epoch: int, epoch: int) -> float:
-    """The lr of epoch `epoch` (1-based): its first step's, the whole epoch's for epoch-cosine."""
-    return float(learning_rate(cfg, steps_per_epoch)((epoch - 1) * steps_per_epoch))
+    """The lr of epoch `epoch` (1-based): its first step's, the whole epoch's for epoch-cosine.
+
+    Computed with numpy on the host: an eager JAX op would queue behind the
+    epoch in flight and stall the pipeline until it ends.
+    """
+    return float(_lr_at(cfg, steps_per_epoch, (epoch - 1) * steps_per_epoch, np))
 
 
 def make_optimizer(cfg: config_lib.TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
