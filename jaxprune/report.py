@@ -1,28 +1,43 @@
-"""results.csv -> the write-up's figures and tables. Reads nothing else.
+"""results.csv -> the write-up's figures and tables, across seeds, retraining modes and distributions.
 
-Figures (PNG): 1 the baseline's test accuracy per epoch; 2 one-shot curves,
-one per sparsity; 3-5 iterative curves, one figure per target, with round
-boundaries marked; a summary of the best accuracy against sparsity. Tables
-(markdown and CSV): 1 one-shot maxima; 2-4 iterative maxima per round; 5
-one-shot against iterative. ``report.md`` gathers them all.
+Each phase (one seed's baseline, one-shot run or iterative round) is reduced to
+three accuracy figures, all fractions of the test set in the data and percents
+in the tables:
 
-As in the write-up, a sparsity's accuracy is the best test accuracy over the
-epochs of its (final) round. Iterative results for a target come from the
-chain run for it or, with a shared chain, from the prefix of the chain to
-the largest target that first reaches it.
+- ``max_test``: the best test accuracy over the phase's epochs, the write-up's
+  figure ("max test accuracy over the 90 epochs"); it picks the epoch on the
+  test set, so it is optimistic.
+- ``best_val_test``: the test accuracy at the epoch of the best validation
+  accuracy (the first such epoch on ties): honest model selection. Only when
+  the study held out a validation split.
+- ``last_test``: the test accuracy after the phase's last epoch: no selection.
+
+Across seeds each figure is given as mean, std (ddof=1), n and a 95%
+t-interval (mean ± t_{0.975,n-1}·std/√n; NaN for n=1).
+
+Tables (markdown, and CSV in long form with one row per group and figure):
+1 one-shot per sparsity; 2-4 iterative per round, one per target; 5 one-shot
+against iterative; 6 retraining modes against schedule × sparsity (Renda et
+al.'s layout); 7 accuracy against the epochs spent after the baseline.
+Figures (PNG): 1 the baseline's curve; 2 one-shot curves; 3-5 iterative
+curves per target with round boundaries; summary.png, best accuracy against
+sparsity; equal_compute.png, accuracy against epochs spent. Shaded bands are
+±1 std across seeds. ``report.md`` gathers them all.
+
+Iterative results for a target come from the chain run for it or, with a
+shared chain, from the prefix of the longest chain that first reaches it.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import matplotlib
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -32,46 +47,72 @@ class ReportError(ValueError):
     """No usable results.csv."""
 
 
+# results.csv's columns, in order, and their types.
 COLUMNS = {
-    "schedule": str, "method": str, "target": float, "round": int, "sparsity": float, "epoch": int,
-    "test_acc": float, "train_loss": float, "train_acc": float, "seconds": float,
+    "seed": int, "retrain": str, "distribution": str, "schedule": str, "method": str, "target": float,
+    "round": int, "sparsity": float, "epoch": int, "test_acc": float, "val_acc": float,
+    "train_loss": float, "train_acc": float, "seconds": float,
 }
+# Columns files written before replicates lack, with the values those files meant (baseline rows: "").
+DEFAULTS = {"seed": 0, "retrain": "retrain", "distribution": "global", "val_acc": np.nan}
+PHASE = ["seed", "retrain", "distribution", "schedule", "method", "target", "round"]
+VARIANT = ["method", "retrain", "distribution"]  # what one table column or figure line stands for
+MEASURES = {"max_test": "max test", "best_val_test": "test at best val", "last_test": "test at last epoch"}
+# Display order; values not listed come after, alphabetically.
+ORDER = {
+    "retrain": ("retrain", "finetune", "lr-rewind", "weight-rewind", "reinit", "shuffle"),
+    "distribution": ("global", "uniform", "erk"),
+    "schedule": ("baseline", "oneshot", "iterative", "gradual"),
+}
+SCHEDULE_NAMES = {"oneshot": "one-shot"}
+STATS = ["mean", "std", "n", "ci95_low", "ci95_high"]
+EPS = 1e-12  # sparsities are exact counts over the total; this only absorbs float rounding
 
 
-def _parse(path: Path) -> pd.DataFrame:
-    """results.csv as a typed frame; ValueError if a column, a value or a row is damaged."""
-    df = pd.read_csv(path, dtype={"schedule": str, "method": str}, keep_default_na=False)
-    missing = [c for c in COLUMNS if c not in df.columns]
+# ---------------------------------------------------------------- reading
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame in results.csv's schema: old layouts get DEFAULTS; ValueError if a row is damaged."""
+    missing = [c for c in COLUMNS if c not in df.columns and c not in DEFAULTS]
     if missing:
         raise ValueError(f"no column {missing[0]!r}")
+    df = df.reset_index(drop=True)
+    baseline = df["schedule"].astype(str) == "baseline"
+    df = df.assign(**{
+        c: (np.where(baseline, "", v) if isinstance(v, str) else v) for c, v in DEFAULTS.items() if c not in df
+    })
     numeric = [c for c, t in COLUMNS.items() if t is not str]
-    df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
-    if df[numeric].isna().any().any():
-        raise ValueError(f"row {int(df[numeric].isna().any(axis=1).idxmax()) + 2} is incomplete")
-    return df.astype(COLUMNS)
+    values = df[numeric].apply(pd.to_numeric, errors="coerce")
+    # val_acc may be empty (no validation split); anything else unreadable means a torn or damaged row.
+    no_val = df["val_acc"].astype(str).fillna("").str.strip().str.lower().isin(["", "nan", "none"])
+    bad = values.drop(columns="val_acc").isna().any(axis=1) | (values["val_acc"].isna() & ~no_val)
+    if bad.any():
+        raise ValueError(f"row {int(bad.idxmax()) + 2} is incomplete")
+    text = [c for c, t in COLUMNS.items() if t is str]
+    return pd.concat([df[text].astype(str), values], axis=1)[list(COLUMNS)].astype(COLUMNS)
 
 
-def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a study's results.csv.
+def read_results(path: str | os.PathLike) -> pd.DataFrame:
+    """A study's results.csv (or the one in a directory) as a typed frame in COLUMNS' schema.
 
-    A results.csv that a kill left torn (a row cut mid-append) or otherwise
-    damaged is rebuilt from the phases' own metric logs, which the study
-    directory lists in its config.json, and rewritten when no study holds
-    the directory.
+    Files in the layout before replicates are read with DEFAULTS. A results.csv
+    that a kill left torn (a row cut mid-append) or otherwise damaged is rebuilt
+    from the phases' own metric logs, which the study directory lists in its
+    config.json, and rewritten when no study holds the directory.
     """
     path = Path(path)
     if path.is_dir():
         path = path / "results.csv"
-    workdir = path.parent
     if not path.is_file():
         raise ReportError(f"no results.csv at {path}; run `jaxprune study` there first")
     try:
-        df = _parse(path)
+        df = _typed(pd.read_csv(path, dtype=str, keep_default_na=False))
     except (ValueError, pd.errors.ParserError) as e:
-        df = _rebuilt(workdir, f"{path} is damaged ({e})")
+        df = _rebuilt(path.parent, f"{path} is damaged ({' '.join(str(e).split())})")  # one line
     if df.empty:
         raise ReportError(f"{path} has no rows yet")
-    return df.to_dict("records")
+    return df
 
 
 def _rebuilt(workdir: Path, why: str) -> pd.DataFrame:
@@ -86,205 +127,445 @@ def _rebuilt(workdir: Path, why: str) -> pd.DataFrame:
             study.rebuild_results(workdir, phases)
     except rundir.RunDirError:
         pass  # a study is running there and will rewrite it; use the rebuilt rows without writing
-    return pd.DataFrame(study.result_rows(workdir, phases), columns=list(COLUMNS)).astype(COLUMNS)
+    return _typed(pd.DataFrame(study.result_rows(workdir, phases), columns=list(study.RESULT_FIELDS)))
 
 
 # ---------------------------------------------------------------- reductions
 
 
-def pct(x: float) -> str:
-    return f"{100 * x:.2f}"
+def _ordered(df: pd.DataFrame) -> pd.DataFrame:
+    """String keys as ordered categoricals, so groupby, pivot and sort follow ORDER."""
+    def dtype(col: str) -> pd.CategoricalDtype:
+        present = set(df[col].astype(str))
+        known = [v for v in ("", *ORDER[col]) if v in present]  # "": the baseline's, first
+        return pd.CategoricalDtype([*known, *sorted(present - set(known))], ordered=True)
+    return df.astype({c: dtype(c) for c in ORDER if c in df})
 
 
-def methods(rows) -> list[str]:
-    return sorted({r["method"] for r in rows if r["schedule"] != "baseline"})
+def phase_stats(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per phase (PHASE keys): ``sparsity`` at its last epoch, ``epochs`` (its last epoch
+    number), ``max_test``, ``best_val_test`` and ``best_val_epoch`` (NaN without val_acc), ``last_test``."""
+    df = _ordered(df).sort_values([*PHASE, "epoch"], kind="stable")
+    out = df.groupby(PHASE).agg(
+        sparsity=("sparsity", "last"), epochs=("epoch", "max"),
+        max_test=("test_acc", "max"), last_test=("test_acc", "last"),
+    )
+    val = df.dropna(subset=["val_acc"])
+    # idxmax gives the first row of the maximum; rows are in epoch order, so the first epoch on ties.
+    best = val.loc[val.groupby(PHASE)["val_acc"].idxmax(), [*PHASE, "epoch", "test_acc"]]
+    best = best.rename(columns={"epoch": "best_val_epoch", "test_acc": "best_val_test"}).set_index(PHASE)
+    return out.join(best).reset_index()
 
 
-def baseline_curve(rows) -> list[tuple[int, float]]:
-    return sorted((r["epoch"], r["test_acc"]) for r in rows if r["schedule"] == "baseline")
+def iterative_targets(phases: pd.DataFrame) -> list[float]:
+    """Targets the study asked for: the chains' own, plus (shared chain) the one-shot targets up to the longest."""
+    chains = phases.loc[phases["schedule"] == "iterative", "target"]
+    asked = phases.loc[phases["schedule"] == "oneshot", "target"]
+    top = chains.max() if len(chains) else 0.0
+    return sorted(set(chains) | set(asked[asked <= top]))
 
 
-def oneshot_curves(rows, method) -> dict[float, list[tuple[int, float]]]:
-    out = defaultdict(list)
-    for r in rows:
-        if r["schedule"] == "oneshot" and r["method"] == method:
-            out[r["target"]].append((r["epoch"], r["test_acc"]))
-    return {t: sorted(v) for t, v in sorted(out.items())}
+def iterative_chain(phases: pd.DataFrame, targets: list[float] | None = None) -> pd.DataFrame:
+    """The iterative phases serving each target (``for_target``), per seed and variant: the chain
+    run to that target or, without one (a shared chain), the longest chain; its rounds up to the
+    first one whose sparsity reaches the target, which alone has ``reached`` True."""
+    it = phases[phases["schedule"] == "iterative"]
+    targets = iterative_targets(phases) if targets is None else targets
+    c = it.merge(pd.DataFrame({"for_target": targets}, dtype=float), how="cross")
+    by = ["seed", *VARIANT, "for_target"]
+    c["own"] = (c["target"] - c["for_target"]).abs() < EPS
+    longest = c["target"] == c.groupby(by)["target"].transform("max")
+    c = c[c["own"] | (~c.groupby(by)["own"].transform("any") & longest)].sort_values([*by, "round"])
+    c["reached"] = c["sparsity"] >= c["for_target"] - EPS
+    reached_before = c.groupby(by)["reached"].cumsum() - c["reached"]
+    return c[reached_before == 0].drop(columns="own")
 
 
-def iterative_targets(rows) -> list[float]:
-    """Targets the study asked for: the chains' own, plus (shared chain) the one-shot targets."""
-    chains = {r["target"] for r in rows if r["schedule"] == "iterative"}
-    asked = {r["target"] for r in rows if r["schedule"] == "oneshot"}
-    top = max(chains, default=0)
-    return sorted(chains | {t for t in asked if t <= top})
+def final_results(phases: pd.DataFrame) -> pd.DataFrame:
+    """Per seed, variant, schedule and target, the phase that is the schedule's result there:
+    one-shot's phase; the iterative round that reaches the target (none if the chain has not yet);
+    other schedules' last round."""
+    chains = iterative_chain(phases)
+    reached = chains[chains["reached"]].assign(target=lambda c: c["for_target"])
+    others = phases[~phases["schedule"].isin(["baseline", "iterative"])].sort_values("round")
+    last = others.groupby(["seed", *VARIANT, "schedule", "target"]).tail(1)
+    return pd.concat([last, reached[last.columns]], ignore_index=True)
 
 
-def iterative_chain(rows, method, target) -> dict[int, list[dict]]:
-    """Round -> rows of the chain that serves `target` (its own, or a longer chain's prefix)."""
-    chains = sorted({r["target"] for r in rows if r["schedule"] == "iterative" and r["method"] == method})
-    if not chains:
-        return {}
-    chosen = target if target in chains else max(chains)
-    rounds = defaultdict(list)
-    for r in rows:
-        if r["schedule"] == "iterative" and r["method"] == method and r["target"] == chosen:
-            rounds[r["round"]].append(r)
-    out = {}
-    for rnd in sorted(rounds):
-        out[rnd] = sorted(rounds[rnd], key=lambda r: r["epoch"])
-        if rounds[rnd][0]["sparsity"] >= target - 1e-12:
-            break
-    return out
+def equal_compute(phases: pd.DataFrame) -> pd.DataFrame:
+    """Every pruned phase with ``spent``: the training epochs after the baseline to get there
+    (one-shot: its own epochs; iterative round r: the chain's epochs through round r)."""
+    pruned = phases[phases["schedule"] != "baseline"].sort_values([*PHASE])
+    chain = ["seed", *VARIANT, "schedule", "target"]
+    return pruned.assign(spent=pruned.groupby(chain)["epochs"].cumsum())
+
+
+def across_seeds(frame: pd.DataFrame, by: list[str], carry: dict[str, str] | None = None) -> pd.DataFrame:
+    """Long form: one row per `by` group and measure with mean, std (ddof=1), n and the 95%
+    t-interval across seeds, in percent; measures no phase has (no validation split) left out.
+    `carry`: other columns reduced per group alongside (column -> pandas reduction)."""
+    long = frame.melt(id_vars=by, value_vars=list(MEASURES), var_name="measure", value_name="acc")
+    long = long.dropna(subset=["acc"]).assign(
+        acc=lambda d: 100 * d["acc"], measure=lambda d: pd.Categorical(d["measure"], list(MEASURES), ordered=True))
+    s = long.groupby([*by, "measure"])["acc"].agg(mean="mean", std="std", n="count").reset_index()
+    half = stats.t.ppf(0.975, s["n"] - 1) * s["std"] / np.sqrt(s["n"])  # NaN for n=1 (df=0)
+    s = s.assign(ci95_low=s["mean"] - half, ci95_high=s["mean"] + half)
+    if carry:
+        s = s.merge(frame.groupby(by).agg(carry).reset_index(), on=by)
+    return s
+
+
+def _select(frame: pd.DataFrame, **values) -> pd.DataFrame:
+    """The rows whose columns hold `values`."""
+    return frame[(frame[list(values)] == pd.Series(values)).all(axis=1)]
 
 
 # ---------------------------------------------------------------- tables
 
 
-def _write_table(outdir: Path, stem: str, title: str, header: list[str], body: list[list[str]]) -> str:
-    with open(outdir / f"{stem}.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(body)
-    md = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(row) + " |" for row in body]
-    text = "\n".join(md) + "\n"
+def _cells(s: pd.DataFrame, several: bool, unit: str = "") -> pd.Series:
+    """Markdown cells: "mean ± std (n=k)" with several seeds ("mean (n=1)" where one); with one seed, the value."""
+    mean = s["mean"].map("{:.2f}".format)
+    if not several:
+        return mean + unit
+    spread = (" ± " + s["std"].map("{:.2f}".format)).where(s["n"] > 1, "")
+    return mean + spread + unit + " (n=" + s["n"].astype(str) + ")"
+
+
+def _pct_g(x: pd.Series) -> pd.Series:
+    return (100 * x.astype(float)).map("{:g}".format)
+
+
+def _pct2(x: pd.Series) -> pd.Series:
+    return (100 * x.astype(float)).map("{:.2f}".format)
+
+
+def _schedule(x: pd.Series) -> pd.Series:
+    return x.astype(str).replace(SCHEDULE_NAMES)
+
+
+class _Layout:
+    """What the tables and figures show of one results frame."""
+
+    def __init__(self, df: pd.DataFrame):
+        self.df = _ordered(df)
+        self.phases = phase_stats(df)
+        self.pruned = self.phases[self.phases["schedule"] != "baseline"]
+        self.seeds = sorted(df["seed"].unique())
+        self.several = len(self.seeds) > 1
+        # Only the variant columns that differ name a line or column, so a one-mode study reads as the write-up.
+        self.varying = [c for c in ("retrain", "distribution") if self.pruned[c].nunique() > 1]
+        self.has_val = bool(df["val_acc"].notna().any())
+        self.shown = ["max_test", "best_val_test"] if self.has_val else ["max_test"]
+        self.what = "max test accuracy" + (" (and test at best val)" if self.has_val else "")  # for titles
+        # For figure titles, on a line of its own: the titles are long.
+        self.suffix = f"\n{len(self.seeds)} seeds: mean ± 1 std" if self.several else ""
+
+    def label(self, s: pd.DataFrame) -> pd.Series:
+        """'magnitude' or, when several modes or distributions are present, 'magnitude, lr-rewind, erk'."""
+        out = s["method"].astype(str)
+        for c in self.varying:
+            out = out + ", " + s[c].astype(str)
+        return out
+
+    def wide(self, s: pd.DataFrame, index: list[str], column: pd.Series, order: list[str] | None = None,
+             measures: list[str] | None = None) -> pd.DataFrame:
+        """Markdown-ready pivot of `s` (across_seeds output): rows `index`, one column per `column`
+        value (suffixed ' (best val)' for that measure unless measures are rows), ordered by `order`
+        (default the variant)."""
+        s = s[s["measure"].isin(measures or self.shown)]
+        suffix = s["measure"].astype(str).map({"best_val_test": " (best val)"}).fillna("")
+        if "measure" in index:
+            suffix = ""
+        s = s.assign(col=column.loc[s.index] + suffix, cell=_cells(s, self.several))
+        columns = pd.unique(s.sort_values([*(order or VARIANT), "measure"], kind="stable")["col"])
+        w = s.pivot_table(index=index, columns="col", values="cell", aggfunc="first", observed=True)
+        return w.reindex(columns=columns).fillna("").reset_index().rename_axis(columns=None)
+
+
+def _markdown(title: str, table: pd.DataFrame) -> str:
+    lines = [f"**{title}**", "", "| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * table.shape[1]]
+    lines += table.astype(str).apply(lambda r: "| " + " | ".join(r) + " |", axis=1).tolist()
+    return "\n".join(lines) + "\n"
+
+
+def _write(outdir: Path, stem: str, title: str, s: pd.DataFrame, keys: dict[str, pd.Series], md: pd.DataFrame) -> str:
+    """Writes STEM.csv: `keys` (formatted), the variant, measure and STATS of across_seeds output `s`,
+    percents to 0.01 (one test image in 10,000); and STEM.md; returns the markdown."""
+    named = pd.DataFrame(keys, index=s.index)
+    rest = s[[*VARIANT, "measure", *STATS]].astype({c: str for c in (*VARIANT, "measure")})
+    pd.concat([named, rest], axis=1).to_csv(outdir / f"{stem}.csv", index=False, float_format="%.2f")
+    text = _markdown(title, md)
     (outdir / f"{stem}.md").write_text(text)
     return text
 
 
-def tables(rows, outdir: Path) -> list[str]:
-    ms = methods(rows)
-    out = []
-    targets = sorted({r["target"] for r in rows if r["schedule"] == "oneshot"})
-    if targets:
-        body = []
-        for t in targets:
-            cells = []
-            for m in ms:
-                curve = oneshot_curves(rows, m).get(t)
-                cells.append(pct(max(a for _, a in curve)) if curve else "")
-            body.append([f"{100 * t:g}", *cells])
-        out.append(_write_table(outdir, "table1_oneshot", "Table 1: one-shot pruning, max test accuracy (%)",
-                                ["sparsity (%)", *[f"{m}" for m in ms]], body))
-    for i, t in enumerate(iterative_targets(rows), start=2):
-        chains = {m: iterative_chain(rows, m, t) for m in ms}
-        n = max((len(c) for c in chains.values()), default=0)
-        if not n:
+def tables(lay: _Layout, outdir: Path) -> list[str]:
+    """Writes Tables 1-7 (those the data has) into outdir; returns their markdown."""
+    phases, out = lay.phases, []
+    final = final_results(phases)
+    one = across_seeds(final[final["schedule"] == "oneshot"], ["target", *VARIANT])
+    if len(one):
+        md = lay.wide(one, ["target"], lay.label(one)).assign(target=lambda d: _pct_g(d["target"]))
+        out.append(_write(outdir, "table1_oneshot", f"Table 1: one-shot pruning, {lay.what} (%)",
+                          one, {"sparsity (%)": _pct_g(one["target"])}, md.rename(columns={"target": "sparsity (%)"})))
+    chains = iterative_chain(phases)
+    for i, t in enumerate(iterative_targets(phases), start=2):
+        s = across_seeds(chains[chains["for_target"] == t], ["round", *VARIANT], {"sparsity": "mean"})
+        if s.empty:
             continue
-        body = []
-        for rnd in range(1, n + 1):
-            sp = next((c[rnd][0]["sparsity"] for c in chains.values() if rnd in c), None)
-            cells = [pct(max(r["test_acc"] for r in c[rnd])) if rnd in c else "" for c in chains.values()]
-            body.append([str(rnd), f"{100 * sp:.2f}", *cells])
-        out.append(_write_table(
+        md = lay.wide(s, ["round"], lay.label(s))
+        md.insert(1, "global sparsity (%)", _pct2(md["round"].map(s.groupby("round")["sparsity"].mean())))
+        out.append(_write(
             outdir, f"table{i}_iterative_{t:.2f}",
-            f"Table {i}: iterative pruning to {100 * t:g}% sparsity, max test accuracy per round (%)",
-            ["round", "global sparsity (%)", *ms], body,
+            f"Table {i}: iterative pruning to {100 * t:g}% sparsity, {lay.what} per round (%)",
+            s, {"round": s["round"], "global sparsity (%)": _pct2(s["sparsity"])}, md,
         ))
-    summary = []
-    for t in sorted(set(targets) | set(iterative_targets(rows))):
-        cells = []
-        for m in ms:
-            curve = oneshot_curves(rows, m).get(t)
-            chain = iterative_chain(rows, m, t)
-            last = chain[max(chain)] if chain else None
-            done = last and last[0]["sparsity"] >= t - 1e-12
-            cells += [pct(max(a for _, a in curve)) if curve else "", pct(max(r["test_acc"] for r in last)) if done else ""]
-        summary.append([f"{100 * t:g}", *cells])
-    if summary:
-        header = ["sparsity (%)"] + [f"{m} {s}" for m in ms for s in ("one-shot", "iterative")]
-        out.append(_write_table(outdir, "table5_summary", "Table 5: one-shot vs iterative, max test accuracy (%)",
-                                header, summary))
+    summary = across_seeds(final, ["target", *VARIANT, "schedule"])
+    if len(summary):
+        named = lay.label(summary) + " " + _schedule(summary["schedule"])
+        md = lay.wide(summary, ["target"], named, order=[*VARIANT, "schedule"])
+        md = md.assign(target=lambda d: _pct_g(d["target"])).rename(columns={"target": "sparsity (%)"})
+        keys = {"sparsity (%)": _pct_g(summary["target"]), "schedule": summary["schedule"].astype(str)}
+        out.append(_write(outdir, "table5_summary", f"Table 5: one-shot vs iterative, {lay.what} (%)",
+                          summary, keys, md))
+        out.append(_renda(lay, summary, keys, outdir))
+    spent = equal_compute(phases)
+    if len(spent):
+        out.append(_equal_compute_table(lay, spent, outdir))
     return out
+
+
+def _renda(lay: _Layout, summary: pd.DataFrame, keys: dict[str, pd.Series], outdir: Path) -> str:
+    """Table 6 (Renda et al.'s layout): one row per retraining mode (within method and distribution
+    where several) and accuracy figure; one column per schedule × target sparsity."""
+    rows = [*(["method"] if summary["method"].nunique() > 1 else []),
+            *(["distribution"] if "distribution" in lay.varying else []), "retrain", "measure"]
+    column = _schedule(summary["schedule"]) + " " + _pct_g(summary["target"]) + "%"
+    md = lay.wide(summary, rows, column, order=["schedule", "target"], measures=list(MEASURES))
+    md["measure"] = md["measure"].astype(str).map(MEASURES)
+    # The CSV holds Table 5's numbers, in this table's order.
+    order = summary.sort_values([*rows, "schedule", "target"], kind="stable").index
+    return _write(outdir, "table6_retrain", "Table 6: retraining modes, accuracy (%) per schedule and sparsity",
+                  summary.loc[order], {k: v.loc[order] for k, v in keys.items()}, md)
+
+
+def _equal_compute_table(lay: _Layout, spent: pd.DataFrame, outdir: Path) -> str:
+    """Table 7: every pruned result against the epochs spent after the baseline to reach it."""
+    point = ["schedule", "target", "round"]
+    s = across_seeds(spent, [*point, *VARIANT], {"sparsity": "mean", "spent": "max"})
+    # One row per point; variants that differ in sparsity or epochs (rare) show their mean and maximum.
+    s = s.assign(sp=s.groupby(point)["sparsity"].transform("mean"), epochs=s.groupby(point)["spent"].transform("max"))
+    md = lay.wide(s, ["epochs", *point, "sp"], lay.label(s)).sort_values(["epochs", *point])
+    md = md.assign(schedule=_schedule(md["schedule"]), target=_pct_g(md["target"]), sp=_pct2(md["sp"]))
+    md = md.rename(columns={"epochs": "epochs after baseline", "target": "target (%)", "sp": "sparsity (%)"})
+    keys = {"schedule": s["schedule"].astype(str), "target (%)": _pct_g(s["target"]), "round": s["round"],
+            "sparsity (%)": _pct2(s["sparsity"]), "epochs": s["spent"]}
+    return _write(outdir, "table7_equal_compute",
+                  f"Table 7: {lay.what} (%) against the training epochs spent after the baseline",
+                  s, keys, md)
 
 
 # ---------------------------------------------------------------- figures
 
 
-def _finish(fig, ax_list, title: str, path: Path) -> None:
-    for ax in ax_list:
+def _band(ax, x, mean, std, **kw) -> None:
+    """A line of mean accuracy (percents) with a ±1 std band where std is known (several seeds)."""
+    x, mean, std = (np.asarray(v, float) for v in (x, mean, std))
+    if len(x) == 1:
+        kw.setdefault("marker", "o")  # a line of one point draws nothing
+    (line,) = ax.plot(x, mean, **kw)
+    if np.isfinite(std).any():
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+
+
+def _curves(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Per `by` and epoch: mean and std of test accuracy (percent) across seeds."""
+    return (100 * rows["test_acc"]).groupby([rows[c] for c in [*by, "epoch"]]).agg(["mean", "std"]).reset_index()
+
+
+def _finish(fig, axes, title: str, path: Path, ylabel: str = "test accuracy (%)") -> Path:
+    for ax in axes:
         ax.set_xlabel(ax.get_xlabel() or "epoch")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return path
 
 
-def figures(rows, outdir: Path) -> list[Path]:
-    ms = methods(rows)
-    made = []
-    base = baseline_curve(rows)
-    if base:
+def _max_label(s: pd.DataFrame, several: bool) -> str:
+    """'max 92.78%' or 'max 92.00 ± 2.00% (n=3)' from across_seeds output with one max_test row."""
+    return f"max {_cells(s[s['measure'] == 'max_test'], several, '%').iloc[0]}"
+
+
+def figures(lay: _Layout, outdir: Path) -> list[Path]:
+    """Writes every figure the data has into outdir; returns their paths."""
+    df, phases, made = lay.df, lay.phases, []
+    base = df[df["schedule"] == "baseline"]
+    if len(base):
+        c = _curves(base, [])
+        s = across_seeds(phases[phases["schedule"] == "baseline"], ["schedule"])
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([e for e, _ in base], [100 * a for _, a in base], label=f"baseline (max {pct(max(a for _, a in base))}%)")
-        path = outdir / "figure1_baseline.png"
-        _finish(fig, [ax], "Figure 1: unpruned ResNet18, test accuracy per epoch", path)
-        made.append(path)
-    if any(oneshot_curves(rows, m) for m in ms):
-        fig, axes = plt.subplots(1, len(ms), figsize=(6 * len(ms), 4), squeeze=False)
-        for ax, m in zip(axes[0], ms):
-            for t, curve in oneshot_curves(rows, m).items():
-                ax.plot([e for e, _ in curve], [100 * a for _, a in curve],
-                        label=f"sparsity {100 * t:g}% (max {pct(max(a for _, a in curve))}%)")
-            ax.set_title(f"{m} pruning")
-        path = outdir / "figure2_oneshot.png"
-        _finish(fig, axes[0], "Figure 2: one-shot pruning, then retraining", path)
-        made.append(path)
-    for i, t in enumerate(iterative_targets(rows), start=3):
-        chains = {m: iterative_chain(rows, m, t) for m in ms}
-        if not any(chains.values()):
-            continue
-        fig, axes = plt.subplots(1, len(ms), figsize=(6 * len(ms), 4), squeeze=False)
-        for ax, (m, chain) in zip(axes[0], chains.items()):
-            x, y, bounds, offset = [], [], [], 0
-            for rnd, rs in chain.items():
-                x += [offset + r["epoch"] for r in rs]
-                y += [100 * r["test_acc"] for r in rs]
-                offset += max(r["epoch"] for r in rs)
-                bounds.append(offset)
-            ax.plot(x, y, label=f"{m}, {len(chain)} rounds")
-            for j, b in enumerate(bounds[:-1]):
-                ax.axvline(b + 0.5, color="grey", lw=0.6, ls="--", label="round boundary" if j == 0 else None)
-            ax.set_xlabel("epochs of retraining, all rounds")
-            ax.set_title(f"{m} pruning")
-        path = outdir / f"figure{i}_iterative_{t:.2f}.png"
-        _finish(fig, axes[0], f"Figure {i}: iterative pruning to {100 * t:g}% sparsity, retraining each round", path)
-        made.append(path)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    if base:
-        ax.axhline(100 * max(a for _, a in base), color="black", lw=0.8, ls=":", label="baseline")
-    for m, style in zip(ms, ("-", "--", "-.", ":")):
-        pts = sorted((t, max(a for _, a in c)) for t, c in oneshot_curves(rows, m).items())
-        if pts:
-            ax.plot([100 * s for s, _ in pts], [100 * a for _, a in pts], "o" + style, label=f"one-shot, {m}")
-        its = iterative_targets(rows)
-        chain = iterative_chain(rows, m, max(its)) if its else {}
-        pts = [(rs[0]["sparsity"], max(r["test_acc"] for r in rs)) for rs in chain.values()]
-        if pts:
-            ax.plot([100 * s for s, _ in pts], [100 * a for _, a in pts], "s" + style, ms=3, label=f"iterative, {m}")
-    ax.set_xlabel("global sparsity (%)")
-    path = outdir / "summary.png"
-    _finish(fig, [ax], "Best test accuracy against sparsity", path)
-    made.append(path)
+        _band(ax, c["epoch"], c["mean"], c["std"], label=f"baseline ({_max_label(s, lay.several)})")
+        made.append(_finish(fig, [ax], f"Figure 1: unpruned model, test accuracy per epoch{lay.suffix}",
+                            outdir / "figure1_baseline.png"))
+    if (df["schedule"] == "oneshot").any():
+        made.append(_oneshot_figure(lay, outdir))
+    made += _iterative_figures(lay, outdir)
+    made.append(_summary_figure(lay, outdir))
+    if len(lay.pruned):
+        made.append(_equal_compute_figure(lay, outdir))
     return made
 
 
+def _oneshot_figure(lay: _Layout, outdir: Path) -> Path:
+    """Figure 2: one subplot per method (across) and mode (down), one curve per target sparsity."""
+    one = lay.df[lay.df["schedule"] == "oneshot"]
+    c = _curves(one, [*VARIANT, "target"])
+    s = across_seeds(lay.phases[lay.phases["schedule"] == "oneshot"], [*VARIANT, "target"])
+    methods = sorted(one["method"].unique())
+    modes = one[["retrain", "distribution"]].drop_duplicates().sort_values(["retrain", "distribution"])
+    fig, axes = plt.subplots(len(modes), len(methods), figsize=(6 * len(methods), 4 * len(modes)), squeeze=False)
+    for row, mode in zip(axes, modes.to_dict("records")):
+        for ax, m in zip(row, methods):
+            if _select(c, method=m, **mode).empty:
+                ax.set_visible(False)  # this method was not run in this mode
+                continue
+            for t, curve in _select(c, method=m, **mode).groupby("target"):
+                label = _max_label(_select(s, method=m, target=t, **mode), lay.several)
+                _band(ax, curve["epoch"], curve["mean"], curve["std"], label=f"sparsity {100 * t:g}% ({label})")
+            ax.set_title(", ".join([f"{m} pruning", *(str(mode[v]) for v in lay.varying)]))
+    return _finish(fig, axes.ravel(), f"Figure 2: one-shot pruning, then retraining{lay.suffix}",
+                   outdir / "figure2_oneshot.png")
+
+
+def _iterative_figures(lay: _Layout, outdir: Path) -> list[Path]:
+    """Figures 3-5: per target, the serving chain's curve over all its rounds; one subplot per
+    method, one line per mode, round boundaries dashed."""
+    made = []
+    chains = iterative_chain(lay.phases)
+    for i, t in enumerate(iterative_targets(lay.phases), start=3):
+        served = chains.loc[chains["for_target"] == t, PHASE]
+        if served.empty:
+            continue
+        c = _curves(lay.df.merge(served, on=PHASE), [*VARIANT, "round"])
+        # x: the epochs of all earlier rounds (the longest seed's) plus this round's epoch.
+        length = c.groupby([*VARIANT, "round"])["epoch"].max().rename("length")
+        ends = length.to_frame().assign(end=length.groupby(VARIANT).cumsum()).reset_index()
+        c = c.merge(ends, on=[*VARIANT, "round"]).assign(x=lambda d: d["end"] - d["length"] + d["epoch"])
+        methods = sorted(c["method"].unique())
+        fig, axes = plt.subplots(1, len(methods), figsize=(6 * len(methods), 4), squeeze=False)
+        for ax, m in zip(axes[0], methods):
+            for key, line in _select(c, method=m).groupby(VARIANT):
+                mode = ", ".join(str(dict(zip(VARIANT, key))[v]) for v in lay.varying)
+                n = int(line["round"].max())
+                label = f"{mode + ', ' if mode else ''}{n} round{'s' * (n > 1)}"
+                _band(ax, line["x"], line["mean"], line["std"], label=label)
+            for j, b in enumerate(sorted(set(_select(ends, method=m)["end"]))[:-1]):
+                ax.axvline(b + 0.5, color="grey", lw=0.6, ls="--", label="round boundary" if j == 0 else None)
+            ax.set_xlabel("epochs of retraining, all rounds")
+            ax.set_title(f"{m} pruning")
+        made.append(_finish(
+            fig, axes[0], f"Figure {i}: iterative pruning to {100 * t:g}% sparsity, retraining each round{lay.suffix}",
+            outdir / f"figure{i}_iterative_{t:.2f}.png",
+        ))
+    return made
+
+
+STYLES = {"oneshot": ("o", "-"), "iterative": ("s", "--")}  # marker, line style; other schedules ("^", ":")
+
+
+def _lines(ax, lay: _Layout, s: pd.DataFrame, x: str, by: list[str]) -> None:
+    """One max-test line with its band per `by` group (schedule first) of across_seeds output `s`,
+    along column `x`: a colour per variant, a style per schedule, one legend entry for both."""
+    s = s[s["measure"] == "max_test"].sort_values(x)
+    colors = {v: f"C{i % 10}" for i, v in enumerate(pd.unique(lay.label(lay.pruned)))}
+    named = set()
+    for key, line in s.groupby(by):
+        variant = lay.label(line).iloc[0]
+        name = f"{SCHEDULE_NAMES.get(str(key[0]), str(key[0]))}, {variant}"
+        marker, style = STYLES.get(str(key[0]), ("^", ":"))
+        _band(ax, line[x], line["mean"], line["std"], color=colors[variant], marker=marker, ls=style, ms=3,
+              label=None if name in named else name)
+        named.add(name)
+
+
+def _summary_figure(lay: _Layout, outdir: Path) -> Path:
+    """Best (max test) accuracy against sparsity: each schedule's results, and every round of the
+    chain to the largest iterative target; one line per schedule and variant."""
+    phases = lay.phases
+    final = final_results(phases)
+    points = final[final["schedule"] != "iterative"]
+    targets = iterative_targets(phases)
+    if targets:
+        chain = iterative_chain(phases, [max(targets)])
+        points = pd.concat([points, chain[points.columns]], ignore_index=True)
+    s = across_seeds(points, ["schedule", *VARIANT, "round", "target"], {"sparsity": "mean"})
+    s = s.assign(sparsity=100 * s["sparsity"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    base = phases[phases["schedule"] == "baseline"]
+    if len(base):
+        ax.axhline(100 * base["max_test"].mean(), color="black", lw=0.8, ls=":", label="baseline")
+    _lines(ax, lay, s, "sparsity", ["schedule", *VARIANT])
+    ax.set_xlabel("global sparsity (%)")
+    return _finish(fig, [ax], f"Best test accuracy against sparsity{lay.suffix}", outdir / "summary.png",
+                   "max test accuracy (%)")
+
+
+def _equal_compute_figure(lay: _Layout, outdir: Path) -> Path:
+    """Max test accuracy against the epochs spent after the baseline; one line per chain."""
+    by = ["schedule", *VARIANT, "target"]
+    s = across_seeds(equal_compute(lay.phases), [*by, "round"], {"spent": "max", "sparsity": "mean"})
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _lines(ax, lay, s, "spent", by)  # a line per chain
+    ends = s[s["measure"] == "max_test"].sort_values("round").groupby(by).tail(1)
+    for end in ends.itertuples():  # where each chain got to: one-shot's points all sit at one phase's epochs
+        ax.annotate(f"{100 * end.sparsity:.0f}%", (end.spent, end.mean), fontsize=7, xytext=(3, -3),
+                    textcoords="offset points")
+    ax.set_xlabel("training epochs after the baseline")
+    return _finish(fig, [ax], f"Accuracy against compute{lay.suffix}", outdir / "equal_compute.png",
+                   "max test accuracy (%)")
+
+
+# ---------------------------------------------------------------- report
+
+
 def write_report(workdir: str | os.PathLike, outdir: str | os.PathLike | None = None) -> Path:
-    """Writes every figure and table from WORKDIR/results.csv; returns the report.md path."""
+    """Writes every figure and table from WORKDIR/results.csv into OUTDIR (default WORKDIR/report);
+    returns the path of report.md, which gathers them."""
     workdir = Path(workdir)
-    rows = read_results(workdir)
+    df = read_results(workdir)
     outdir = Path(outdir) if outdir else (workdir if workdir.is_dir() else workdir.parent) / "report"
     outdir.mkdir(parents=True, exist_ok=True)
-    made = figures(rows, outdir)
-    texts = tables(rows, outdir)
-    md = ["# Pruning study report", "", f"From `{workdir}` ({len(rows)} epochs recorded).", ""]
-    base = baseline_curve(rows)
-    if base:
-        md += [f"Baseline: max test accuracy {pct(max(a for _, a in base))}% over {len(base)} epochs.", ""]
+    lay = _Layout(df)
+    made = figures(lay, outdir)
+    texts = tables(lay, outdir)
+    n = len(lay.seeds)
+    modes = ", ".join(lay.pruned["retrain"].cat.remove_unused_categories().cat.categories)
+    md = [
+        "# Pruning study report", "",
+        f"From `{workdir}`: {len(df)} epochs recorded, {n} seed{'s' * (n > 1)} "
+        f"({', '.join(map(str, lay.seeds))}){f'; retraining: {modes}' if modes else ''}.", "",
+        "Accuracy figures, per phase (percent of the test set):", "",
+        "- **max test** (the write-up's): the best test accuracy over the phase's epochs; "
+        "it picks the epoch on the test set, so it is optimistic.",
+        "- **test at best val**: the test accuracy at the epoch of best validation accuracy; honest model selection"
+        + ("." if lay.has_val else " (not available: this study has no validation split)."),
+        "- **test at last epoch**: the test accuracy after the phase's last epoch; no selection "
+        "(in the CSVs and Table 6).",
+        "",
+    ]
+    if lay.several:
+        md += ["Cells are mean ± std (n seeds) across seeds; the CSVs add 95% t-intervals.", ""]
+    base = across_seeds(lay.phases[lay.phases["schedule"] == "baseline"], ["schedule"])
+    if len(base):
+        md += [f"Baseline: {_max_label(base, lay.several).replace('max', 'max test accuracy', 1)} over "
+               f"{int(lay.phases.loc[lay.phases['schedule'] == 'baseline', 'epochs'].max())} epochs.", ""]
     md += [t for text in texts for t in (text, "")]
     md += [f"![{p.stem}]({p.name})" for p in made]
     path = outdir / "report.md"

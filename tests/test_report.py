@@ -1,0 +1,264 @@
+"""The report: old-layout files, aggregation across seeds and retraining modes, best-val selection,
+the equal-compute table, the figures, and damaged files. Fixtures are CSVs with answers worked by hand."""
+
+import csv
+import math
+
+import pytest
+
+from jaxprune import cli, report
+
+OLD_FIELDS = ("schedule", "method", "target", "round", "sparsity", "epoch", "test_acc", "train_loss", "train_acc",
+              "seconds")  # results.csv before replicates, retraining modes and validation
+FIELDS = ("seed", "retrain", "distribution", "schedule", "method", "target", "round", "sparsity", "epoch",
+          "test_acc", "val_acc", "train_loss", "train_acc", "seconds")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_results(folder, rows, fields=FIELDS):
+    with open(folder / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def phase(schedule, target, rnd, sparsity, test, val=None, seed=0, retrain="retrain", method="magnitude",
+          distribution="global"):
+    """One phase's rows, epochs 1.. (val_acc empty without `val`)."""
+    if schedule == "baseline":
+        retrain = distribution = method = ""
+    return [dict(seed=seed, retrain=retrain, distribution=distribution, schedule=schedule, method=method,
+                 target=target, round=rnd, sparsity=sparsity, epoch=e, test_acc=a,
+                 val_acc="" if val is None else val[e - 1], train_loss=0.1, train_acc=0.9, seconds=1.0)
+            for e, a in enumerate(test, start=1)]
+
+
+def stats(rows, *keys, measure="max_test"):
+    """{key values: (mean, std, n, ci95_low, ci95_high)} of one measure in a table CSV."""
+    return {tuple(r[k] for k in keys): (r["mean"], r["std"], r["n"], r["ci95_low"], r["ci95_high"])
+            for r in rows if r["measure"] == measure}
+
+
+def test_report_from_a_small_fixture(tmp_path):
+    """Today's expectations, from a file in the layout before replicates (one seed, one mode)."""
+    rows = []
+    def add(schedule, method, target, rnd, sparsity, accs):
+        for e, a in enumerate(accs, start=1):
+            rows.append(dict(zip(OLD_FIELDS, (schedule, method, target, rnd, sparsity, e, a, 0.1, 0.9, 1.0))))
+    add("baseline", "", 0.0, 0, 0.0, [0.5, 0.9, 0.93])
+    add("oneshot", "magnitude", 0.5, 1, 0.5, [0.91, 0.92])
+    add("oneshot", "magnitude", 0.9, 1, 0.9, [0.80, 0.85])
+    add("iterative", "magnitude", 0.5, 1, 0.3, [0.92, 0.925])
+    add("iterative", "magnitude", 0.5, 2, 0.51, [0.93, 0.935])
+    add("iterative", "magnitude", 0.9, 1, 0.3, [0.90, 0.91])
+    add("iterative", "magnitude", 0.9, 2, 0.51, [0.90, 0.92])
+    add("iterative", "magnitude", 0.9, 3, 0.91, [0.89, 0.88])
+    write_results(tmp_path, rows, OLD_FIELDS)
+    df = report.read_results(tmp_path)
+    assert list(df.columns) == list(FIELDS) and set(df["seed"]) == {0} and df["val_acc"].isna().all()
+    assert set(zip(df["schedule"], df["retrain"], df["distribution"])) == {
+        ("baseline", "", ""), ("oneshot", "retrain", "global"), ("iterative", "retrain", "global")}
+    assert cli.main(["report", str(tmp_path)]) == 0
+    out = tmp_path / "report"
+    t1 = read_rows(out / "table1_oneshot.csv")
+    assert stats(t1, "sparsity (%)", "method") == {("50", "magnitude"): ("92.00", "", "1", "", ""),
+                                                   ("90", "magnitude"): ("85.00", "", "1", "", "")}
+    # The write-up's look: one column per method, plain percents.
+    assert (out / "table1_oneshot.md").read_text().splitlines()[2:] == [
+        "| sparsity (%) | magnitude |", "|---|---|", "| 50 | 92.00 |", "| 90 | 85.00 |"]
+    t2 = read_rows(out / "table2_iterative_0.50.csv")
+    assert [(r["round"], r["global sparsity (%)"], r["mean"]) for r in t2 if r["measure"] == "max_test"] == [
+        ("1", "30.00", "92.50"), ("2", "51.00", "93.50")]
+    t5 = read_rows(out / "table5_summary.csv")
+    assert {k: v[0] for k, v in stats(t5, "sparsity (%)", "schedule").items()} == {
+        ("50", "oneshot"): "92.00", ("50", "iterative"): "93.50", ("90", "oneshot"): "85.00", ("90", "iterative"): "89.00"}
+    assert (out / "table5_summary.md").read_text().splitlines()[2:] == [
+        "| sparsity (%) | magnitude one-shot | magnitude iterative |", "|---|---|---|",
+        "| 50 | 92.00 | 93.50 |", "| 90 | 85.00 | 89.00 |"]
+    assert stats(t5, "sparsity (%)", "schedule", measure="last_test")[("90", "iterative")][0] == "88.00"
+    for name in ("figure1_baseline.png", "figure2_oneshot.png", "figure3_iterative_0.50.png", "figure4_iterative_0.90.png", "summary.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    text = (out / "report.md").read_text()
+    assert "Table 5" in text and "1 seed (0)" in text and "no validation split" in text and "±" not in text
+
+
+def test_report_without_results_is_a_one_line_error(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert "no results.csv" in capsys.readouterr().err
+
+
+def aggregation_rows():
+    """3 seeds, retraining modes `retrain` (all seeds) and `lr-rewind` (seeds 0-1 at 50%, seed 0 at 90%)."""
+    rows = []
+    for seed, (base, r50, r90, chain) in enumerate([
+        (0.93, [0.90, 0.89], [0.80], [0.93, 0.92]),
+        (0.94, [0.92, 0.91], [0.82], [0.94, 0.93]),
+        (0.95, [0.94, 0.93], [0.84], [0.95, 0.94]),
+    ]):
+        rows += phase("baseline", 0.0, 0, 0.0, [0.5, base], seed=seed)
+        rows += phase("oneshot", 0.5, 1, 0.5, r50, seed=seed)
+        rows += phase("oneshot", 0.9, 1, 0.9, r90, seed=seed)
+        rows += phase("iterative", 0.5, 1, 0.3, [chain[0]], seed=seed)
+        rows += phase("iterative", 0.5, 2, 0.5, [chain[1]], seed=seed)
+    rows += phase("oneshot", 0.5, 1, 0.5, [0.91, 0.90], seed=0, retrain="lr-rewind")
+    rows += phase("oneshot", 0.5, 1, 0.5, [0.93, 0.92], seed=1, retrain="lr-rewind")
+    rows += phase("oneshot", 0.9, 1, 0.9, [0.85], seed=0, retrain="lr-rewind")
+    return rows
+
+
+def test_mean_std_and_t_interval_across_seeds_and_modes(tmp_path):
+    write_results(tmp_path, aggregation_rows())
+    out = report.write_report(tmp_path).parent
+    t1 = read_rows(out / "table1_oneshot.csv")
+    # max 90, 92, 94: mean 92, std 2, 92 ± t(0.975, 2)·2/√3 = 92 ± 4.3027·1.1547 = [87.03, 96.97].
+    # max 91, 93: std √2 = 1.41, 92 ± t(0.975, 1)·√2/√2 = 92 ± 12.7062. One seed: no std, no interval.
+    assert stats(t1, "sparsity (%)", "retrain") == {
+        ("50", "retrain"): ("92.00", "2.00", "3", "87.03", "96.97"),
+        ("50", "lr-rewind"): ("92.00", "1.41", "2", "79.29", "104.71"),
+        ("90", "retrain"): ("82.00", "2.00", "3", "77.03", "86.97"),
+        ("90", "lr-rewind"): ("85.00", "", "1", "", ""),
+    }
+    # last epoch 89, 91, 93 and 90, 92.
+    assert stats(t1, "sparsity (%)", "retrain", measure="last_test")[("50", "retrain")] == (
+        "91.00", "2.00", "3", "86.03", "95.97")
+    assert stats(t1, "sparsity (%)", "retrain", measure="last_test")[("50", "lr-rewind")][:3] == ("91.00", "1.41", "2")
+    assert not stats(t1, "sparsity (%)", "retrain", measure="best_val_test")  # no validation split
+    assert (out / "table1_oneshot.md").read_text().splitlines()[2:] == [
+        "| sparsity (%) | magnitude, retrain | magnitude, lr-rewind |", "|---|---|---|",
+        "| 50 | 92.00 ± 2.00 (n=3) | 92.00 ± 1.41 (n=2) |",
+        "| 90 | 82.00 ± 2.00 (n=3) | 85.00 (n=1) |",
+    ]
+    # Renda's layout: rows mode × figure, columns schedule × sparsity; the chain's round 2 is 92, 93, 94.
+    assert (out / "table6_retrain.md").read_text().splitlines()[2:] == [
+        "| retrain | measure | one-shot 50% | one-shot 90% | iterative 50% |", "|---|---|---|---|---|",
+        "| retrain | max test | 92.00 ± 2.00 (n=3) | 82.00 ± 2.00 (n=3) | 93.00 ± 1.00 (n=3) |",
+        "| retrain | test at last epoch | 91.00 ± 2.00 (n=3) | 82.00 ± 2.00 (n=3) | 93.00 ± 1.00 (n=3) |",
+        "| lr-rewind | max test | 92.00 ± 1.41 (n=2) | 85.00 (n=1) |  |",
+        "| lr-rewind | test at last epoch | 91.00 ± 1.41 (n=2) | 85.00 (n=1) |  |",
+    ]
+    t2 = read_rows(out / "table2_iterative_0.50.csv")
+    assert stats(t2, "round", "global sparsity (%)", "retrain") == {
+        ("1", "30.00", "retrain"): ("94.00", "1.00", "3", "91.52", "96.48"),  # 94 ± 4.3027/√3
+        ("2", "50.00", "retrain"): ("93.00", "1.00", "3", "90.52", "95.48"),
+    }
+    text = (out / "report.md").read_text()
+    assert "3 seeds (0, 1, 2); retraining: retrain, lr-rewind" in text
+    assert "Baseline: max test accuracy 94.00 ± 1.00% (n=3) over 2 epochs." in text
+
+
+def test_t_interval_matches_scipy():
+    """The hand-written constants above are scipy's t quantiles."""
+    from scipy.stats import t
+    assert t.ppf(0.975, 2) == pytest.approx(4.3027, abs=1e-4) and t.ppf(0.975, 1) == pytest.approx(12.7062, abs=1e-4)
+    assert 92 - 4.3027 * 2 / math.sqrt(3) == pytest.approx(87.03, abs=0.005)
+
+
+def test_best_val_picks_the_first_epoch_of_the_best_validation_accuracy(tmp_path):
+    rows = phase("baseline", 0.0, 0, 0.0, [0.5, 0.93], val=[0.4, 0.9])
+    # val ties at epochs 2 and 3: epoch 2's test accuracy (85) counts, not the max (90) or the last (88).
+    rows += phase("oneshot", 0.5, 1, 0.5, [0.80, 0.85, 0.83, 0.90, 0.88], val=[0.70, 0.75, 0.75, 0.72, 0.74])
+    rows += phase("oneshot", 0.9, 1, 0.9, [0.70, 0.72, 0.75], val=[0.60, 0.66, 0.65])
+    write_results(tmp_path, rows)
+    phases = report.phase_stats(report.read_results(tmp_path)).set_index("target")
+    assert phases["best_val_epoch"].tolist() == [2, 2, 2]
+    assert phases["best_val_test"].tolist() == [0.93, 0.85, 0.72]
+    assert phases["max_test"].tolist() == [0.93, 0.90, 0.75] and phases["last_test"].tolist() == [0.93, 0.88, 0.75]
+    out = report.write_report(tmp_path).parent
+    assert (out / "table1_oneshot.md").read_text().splitlines()[2:] == [
+        "| sparsity (%) | magnitude | magnitude (best val) |", "|---|---|---|",
+        "| 50 | 90.00 | 85.00 |", "| 90 | 75.00 | 72.00 |"]
+    assert stats(read_rows(out / "table1_oneshot.csv"), "sparsity (%)", measure="best_val_test") == {
+        ("50",): ("85.00", "", "1", "", ""), ("90",): ("72.00", "", "1", "", "")}
+    assert "not available" not in (out / "report.md").read_text()
+
+
+def test_equal_compute_counts_the_epochs_of_the_chain_so_far(tmp_path):
+    rows = phase("baseline", 0.0, 0, 0.0, [0.9] * 5)
+    rows += phase("oneshot", 0.9, 1, 0.9, [0.80, 0.81, 0.82, 0.83])
+    rows += phase("iterative", 0.9, 1, 0.5, [0.90, 0.91])
+    rows += phase("iterative", 0.9, 2, 0.75, [0.89, 0.90, 0.88])
+    rows += phase("iterative", 0.9, 3, 0.9, [0.86, 0.87])
+    write_results(tmp_path, rows)
+    out = report.write_report(tmp_path).parent
+    t7 = read_rows(out / "table7_equal_compute.csv")
+    assert [(r["schedule"], r["round"], r["sparsity (%)"], r["epochs"], r["mean"]) for r in t7
+            if r["measure"] == "max_test"] == [
+        ("oneshot", "1", "90.00", "4", "83.00"),
+        ("iterative", "1", "50.00", "2", "91.00"),
+        ("iterative", "2", "75.00", "5", "90.00"),
+        ("iterative", "3", "90.00", "7", "87.00"),
+    ]
+    md = (out / "table7_equal_compute.md").read_text().splitlines()[2:]
+    assert md[0] == "| epochs after baseline | schedule | target (%) | round | sparsity (%) | magnitude |"
+    assert [line.split(" | ")[0] for line in md[2:]] == ["| 2", "| 4", "| 5", "| 7"]
+
+
+def test_a_shared_chain_serves_the_smaller_targets(tmp_path):
+    rows = phase("baseline", 0.0, 0, 0.0, [0.93])
+    rows += phase("oneshot", 0.5, 1, 0.5, [0.92]) + phase("oneshot", 0.9, 1, 0.9, [0.85])
+    for rnd, (sp, acc) in enumerate([(0.3, 0.93), (0.51, 0.94), (0.7, 0.92), (0.91, 0.90)], start=1):
+        rows += phase("iterative", 0.9, rnd, sp, [acc])
+    write_results(tmp_path, rows)
+    out = report.write_report(tmp_path).parent
+    t2 = read_rows(out / "table2_iterative_0.50.csv")
+    assert [(r["round"], r["mean"]) for r in t2 if r["measure"] == "max_test"] == [("1", "93.00"), ("2", "94.00")]
+    assert (out / "table5_summary.md").read_text().splitlines()[4:] == ["| 50 | 92.00 | 94.00 |", "| 90 | 85.00 | 90.00 |"]
+
+
+def test_every_figure_is_a_png(tmp_path):
+    rows = aggregation_rows()
+    rows += phase("oneshot", 0.5, 1, 0.5, [0.88, 0.89], method="random", distribution="erk")
+    rows += phase("iterative", 0.5, 1, 0.3, [0.90], method="random", distribution="erk", retrain="lr-rewind")
+    gradual = phase("gradual", 0.5, 1, 0.0, [0.85, 0.87, 0.86])
+    for row, sparsity in zip(gradual, (0.2, 0.4, 0.5)):  # a gradual phase's sparsity changes per epoch
+        row["sparsity"] = sparsity
+    write_results(tmp_path, rows + gradual)
+    out = report.write_report(tmp_path).parent
+    names = ["figure1_baseline.png", "figure2_oneshot.png", "figure3_iterative_0.50.png", "summary.png",
+             "equal_compute.png"]
+    for name in names:
+        assert (out / name).read_bytes()[:8] == PNG, name
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(names)
+    text = (out / "report.md").read_text()
+    assert all(f"]({name})" in text for name in names)
+    # Methods, modes and distributions all differ here, so each column names all three.
+    assert "| magnitude, retrain, global | magnitude, lr-rewind, global | random, retrain, erk |" in (
+        out / "table1_oneshot.md").read_text()
+    # The gradual phase counts at its final sparsity, with its own column.
+    t5 = stats(read_rows(out / "table5_summary.csv"), "sparsity (%)", "schedule", "retrain")
+    assert t5[("50", "gradual", "retrain")] == ("87.00", "", "1", "", "")
+    t7 = read_rows(out / "table7_equal_compute.csv")
+    assert [(r["sparsity (%)"], r["epochs"]) for r in t7 if r["schedule"] == "gradual"] == [("50.00", "3")] * 2
+
+
+def test_a_torn_row_without_phases_to_rebuild_from_is_a_one_line_error(tmp_path, capsys):
+    write_results(tmp_path, aggregation_rows())
+    whole = (tmp_path / "results.csv").read_bytes()
+    (tmp_path / "results.csv").write_bytes(whole[:-20])  # the last row cut mid-append
+    with pytest.raises(report.ReportError, match="is damaged .*lists no phases to rebuild it from"):
+        report.read_results(tmp_path)
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "results.csv is damaged (row" in err[0] and "lists no phases" in err[0]
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_torn_row_is_rebuilt_from_the_phases_logs(tmp_path, monkeypatch, capsys):
+    """The rebuild path types the study's rows, old layout or new, like a file (the study is stubbed)."""
+    from jaxprune import study
+    old = [dict(zip(OLD_FIELDS, ("baseline", "", 0.0, 0, 0.0, e, a, 0.1, 0.9, 1.0))) for e, a in ((1, 0.5), (2, 0.9))]
+    written = []
+    monkeypatch.setattr(study, "recorded_phases", lambda workdir: ["baseline"])
+    monkeypatch.setattr(study, "result_rows", lambda workdir, phases: old)
+    monkeypatch.setattr(study, "rebuild_results", lambda workdir, phases: written.append(workdir))
+    monkeypatch.setattr(study, "RESULT_FIELDS", OLD_FIELDS)
+    write_results(tmp_path, phase("baseline", 0.0, 0, 0.0, [0.5, 0.9]))
+    (tmp_path / "results.csv").write_bytes((tmp_path / "results.csv").read_bytes()[:-12])
+    df = report.read_results(tmp_path)
+    assert written == [tmp_path] and "is damaged (row 3 is incomplete); rebuilt it" in capsys.readouterr().err
+    assert df["test_acc"].tolist() == [0.5, 0.9] and df["seed"].tolist() == [0, 0] and df["retrain"].tolist() == ["", ""]
