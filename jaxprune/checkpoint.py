@@ -56,9 +56,10 @@ def _first_line(e: BaseException) -> str:
 class RunCheckpoints:
     """The per-epoch checkpoints of one run.
 
-    Keeps the newest complete epoch (to resume from) and the best by
-    ``metrics[best_metric]`` (higher is better); others are deleted once a
-    newer save has completed, so a crash never leaves fewer than one.
+    Keeps the newest complete epoch (to resume from), the best by
+    ``metrics[best_metric]`` (higher is better) and the epochs in `keep` (a
+    baseline's rewind point); others are deleted once a newer save has
+    completed, so a crash never leaves fewer than one.
 
     read_only=True (evaluation, export, a given baseline) changes nothing on
     disk: damaged steps are skipped with a warning instead of moved aside.
@@ -71,10 +72,12 @@ class RunCheckpoints:
         best_metric: str = "test_acc",
         async_save: bool = True,
         read_only: bool = False,
+        keep: tuple[int, ...] = (),
         log: Callable[[str], None] = warn,
     ):
         self.directory = Path(directory).absolute()
         self.best_metric = best_metric
+        self.keep = set(keep)  # epochs kept besides the latest and best (their model only)
         self.read_only = read_only
         self.log = log
         if read_only and not self.directory.is_dir():
@@ -109,6 +112,7 @@ class RunCheckpoints:
 
     def best(self) -> int | None:
         scored = [(m.get("metrics", {}).get(self.best_metric), e) for e, m in self._metas.items()]
+        # A kept rewind epoch only competes if it was the best when saved; None never does.
         scored = [(v, -e) for v, e in scored if v is not None]
         return -max(scored)[1] if scored else None  # ties: the earliest epoch
 
@@ -184,11 +188,12 @@ class RunCheckpoints:
         self._manager.wait_until_finished()  # only complete epochs count as latest
         latest, best = self.latest(), self.best()
         for old in self.epochs():
-            if old not in (latest, best):
+            if old not in (latest, best) and old not in self.keep:
                 self._manager.delete(old)
                 self._metas.pop(old)
-        if best is not None and best != latest:
-            self._drop_train_state(best)
+        for old in self.epochs():
+            if old != latest:
+                self._drop_train_state(old)
 
     def save(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
         """Starts saving `state` (a TrainState) and `meta` as `epoch`; returns before the write ends."""

@@ -77,6 +77,17 @@ class TrainConfig:
         "epoch-cosine: the horizon T_max in epochs (the write-up: 200, stopped at epoch 90, so "
         "its last lr is 0.058); 0 = the run's own epochs",
     )
+    schedule_start: int = _field(
+        0,
+        "epochs of the lr schedule already elapsed before this run's first epoch: the run trains "
+        "the schedule's epochs START+1..START+epochs (a study's lr-rewind phases replay the "
+        "baseline's last epochs this way)",
+    )
+    val_split: int = _field(
+        0,
+        "hold out N training images (a fixed random subset) as a validation set, evaluated every "
+        "epoch; the best epoch is then chosen on it instead of on the test set (0 = none, as the write-up)",
+    )
     augment: bool = _field(True, "random crop (padding 4) and horizontal flip on training images")
     eval_batch_size: int = _field(1000, "images per evaluation batch (the whole test set is evaluated)")
     seed: int = _field(0, "seed for initialisation, data order and augmentation")
@@ -123,6 +134,10 @@ class TrainConfig:
             raise ConfigError(f"--steps-per-dispatch must be >= 0, got {self.steps_per_dispatch}")
         if self.t_max < 0:
             raise ConfigError(f"--t-max must be >= 0 (epochs; 0 = the run's epochs), got {self.t_max}")
+        if self.schedule_start < 0:
+            raise ConfigError(f"--schedule-start must be >= 0 (epochs), got {self.schedule_start}")
+        if self.val_split < 0:
+            raise ConfigError(f"--val-split must be >= 0 (images), got {self.val_split}")
         if self.train_subset < 0:
             raise ConfigError(f"--train-subset must be >= 0, got {self.train_subset}")
         if not self.lr > 0:
@@ -209,6 +224,10 @@ def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = ""
 
 
 SCHEDULES = ("oneshot", "iterative")
+# How a pruned network is trained again. The first four are chains of their
+# own; the two controls mirror the `retrain` chain's masks (which they imply).
+RETRAIN_MODES = ("retrain", "finetune", "lr-rewind", "weight-rewind", "reinit", "shuffle")
+CONTROLS = ("reinit", "shuffle")
 
 
 def _default_train() -> TrainConfig:
@@ -240,6 +259,34 @@ class StudyConfig:
     schedules: tuple[str, ...] = _field(SCHEDULES, "schedules to run: oneshot, iterative", identity=False)
     targets: tuple[float, ...] = _field(
         (0.5, 0.75, 0.9), "target sparsities, each in (0, 1), no two equal", identity=False
+    )
+    distribution: str = _field(
+        "global",
+        "how a round's count is split across layers: global (one ranking over all layers, the "
+        "write-up's), uniform (every layer at the same sparsity) or erk (Evci et al. 2020)",
+        identity=False, choices=("global", "uniform", "erk"),
+    )
+    retrain: tuple[str, ...] = _field(
+        ("retrain",),
+        "how each pruned network trains again: retrain (the write-up's: fresh optimizer, the full "
+        "schedule for --round-epochs), finetune (the parent's final lr, constant), lr-rewind (the "
+        "last --round-epochs epochs of the baseline's schedule), weight-rewind (survivors reset to "
+        "the baseline's weights at --rewind-epoch, full schedule: the lottery ticket); controls: "
+        "reinit (the retrain chain's masks, fresh random weights), shuffle (its masks permuted "
+        "within each layer)",
+        identity=False,
+    )
+    rewind_epoch: int = _field(
+        0,
+        "weight-rewind: the baseline epoch whose weights survivors are reset to (0 = its "
+        "initialisation, Frankle & Carbin 2019; the baseline keeps that epoch's checkpoint)",
+        identity=False,
+    )
+    seeds: tuple[int, ...] = _field(
+        (),
+        "replicates: each seed trains its own baseline and chains, and the report gives mean, "
+        "std and 95%% t-intervals over them (default: --seed alone)",
+        identity=False,
     )
     step: float = _field(0.1, "iterative: fraction of the remaining weights pruned per round, in (0, 1)")
     shared_chain: bool = _field(
@@ -284,13 +331,34 @@ class StudyConfig:
         for s in self.schedules:
             if s not in SCHEDULES:
                 raise ConfigError(f"--schedules: unknown schedule {s!r}; choose from {', '.join(SCHEDULES)}")
+        for mode in self.retrain:
+            if mode not in RETRAIN_MODES:
+                raise ConfigError(f"--retrain: unknown mode {mode!r}; choose from {', '.join(RETRAIN_MODES)}")
+        for name in ("retrain", "seeds"):
+            values = getattr(self, name)
+            if not values and name == "retrain" or len(set(values)) != len(values):
+                raise ConfigError(f"--{name} needs distinct values, each once")
+        if self.rewind_epoch < 0 or self.rewind_epoch > self.baseline_epochs:
+            raise ConfigError(
+                f"--rewind-epoch must be in [0, --baseline-epochs {self.baseline_epochs}], got {self.rewind_epoch}"
+            )
+        if "lr-rewind" in self.retrain and self.round_epochs > self.baseline_epochs:
+            raise ConfigError(
+                "--retrain lr-rewind replays the baseline's last --round-epochs epochs, so it needs "
+                f"--round-epochs <= --baseline-epochs (got {self.round_epochs} > {self.baseline_epochs})"
+            )
         if not self.methods or not self.schedules:
             raise ConfigError("--methods and --schedules each need at least one value")
         return self
 
-    def phase(self, epochs: int, seed: int) -> TrainConfig:
+    def phase(self, epochs: int, seed: int, **changes) -> TrainConfig:
         """The training config of one phase (baseline or round)."""
-        return dataclasses.replace(self.train, epochs=epochs, seed=seed)
+        return dataclasses.replace(self.train, epochs=epochs, seed=seed, **changes)
+
+    @property
+    def replicate_seeds(self) -> tuple[int, ...]:
+        """The replicates' seeds: --seeds, or --seed alone."""
+        return self.seeds or (self.train.seed,)
 
 
 STUDY_PRESETS: dict[str, dict[str, Any]] = {

@@ -48,6 +48,35 @@ class Dataset:
     test_images: np.ndarray
     test_labels: np.ndarray
     source: str
+    val_images: np.ndarray | None = None  # held out of the training split by `with_validation`
+    val_labels: np.ndarray | None = None
+
+    def with_validation(self, n_val: int) -> "Dataset":
+        """Holds `n_val` training images out as a validation split (0: unchanged).
+
+        The held-out images are a fixed random subset (numpy seed 0), the same
+        for every run on this data, so every phase of a study selects its best
+        epoch on the same images; the rest keep their order for training.
+        """
+        if not n_val:
+            return self
+        n = len(self.train_labels)
+        if n_val >= n:
+            raise DataError(f"--val-split {n_val} leaves no training images (the split has {n:,})")
+        held = np.zeros(n, bool)
+        held[np.random.default_rng(0).permutation(n)[:n_val]] = True
+        return dataclasses.replace(
+            self,
+            train_images=self.train_images[~held], train_labels=self.train_labels[~held],
+            val_images=self.train_images[held], val_labels=self.train_labels[held],
+        )
+
+    def prepared(self, cfg) -> "Dataset":
+        """What a run with TrainConfig `cfg` trains on: the validation split held out, then the subset.
+
+        Idempotent: a data set that already has its validation split keeps it."""
+        held = self if self.val_labels is not None else self.with_validation(cfg.val_split)
+        return held.subset(cfg.train_subset)
 
     def subset(self, n_train: int) -> "Dataset":
         """The first `n_train` training images (the test split is kept whole)."""

@@ -60,6 +60,7 @@ class RunSpec:
     masks: Any = None  # pruning masks to train under; else all kept
     meta: dict[str, Any] | None = None  # extra JSON in every checkpoint's metadata
     identity: dict[str, Any] | None = None  # extra identity the directory must match (a phase's)
+    keep_epochs: tuple[int, ...] = ()  # epochs kept besides the latest and best (a rewind point)
 
 
 class _Run:
@@ -69,7 +70,9 @@ class _Run:
         self.spec, self.cfg, self.workdir = spec, spec.cfg, Path(spec.workdir)
         stack.enter_context(rundir.locked(self.workdir))
         rundir.claim(self.workdir, self.cfg, spec.identity)
-        self.ckpts = checkpoint.RunCheckpoints(self.workdir / "checkpoints")
+        # With a validation split the best epoch is chosen on it, not on the test set.
+        best = "val_acc" if self.cfg.val_split else "test_acc"
+        self.ckpts = checkpoint.RunCheckpoints(self.workdir / "checkpoints", best_metric=best, keep=spec.keep_epochs)
         stack.callback(lambda: self.ckpts.close(finished=self.done))
         found = self._resume(train.abstract_state(self.cfg, tx))
         if found is not None:
@@ -196,7 +199,7 @@ def train_runs(
         raise config_lib.ConfigError("runs trained together must share their recipe (all but the seed)")
     if dataset is None:
         dataset = data.load(cfg.data)
-    dataset = dataset.subset(cfg.train_subset)
+    dataset = dataset.prepared(cfg)
     n_train = len(dataset.train_labels)
     n_steps = train.steps_per_epoch(cfg, n_train)
     if n_steps == 0:
@@ -214,6 +217,7 @@ def train_runs(
         train_x, train_y, test_x, test_y = devices.put_replicated(
             (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels), mesh
         )
+        val = None if dataset.val_labels is None else devices.put_replicated((dataset.val_images, dataset.val_labels), mesh)
         bar = stack.enter_context(_progress(cfg, runs))
         last_ready = [time.perf_counter()]
 
@@ -221,6 +225,9 @@ def train_runs(
             t0 = time.perf_counter()
             state, train_m = fns.train_epoch(state, train_x, train_y, epoch)
             test_m = fns.evaluate(state.params, state.batch_stats, state.masks, test_x, test_y)
+            if val is not None:
+                val_m = fns.evaluate(state.params, state.batch_stats, state.masks, *val)
+                test_m = {**test_m, "val_loss": val_m["test_loss"], "val_acc": val_m["test_acc"]}
             snapshots = _snapshots(state, len(members) if batched else None)
             flight = _Flight(members, epoch, snapshots, {**train_m, **test_m}, t0)
             if trace is not None:
@@ -241,6 +248,7 @@ def train_runs(
                     "epoch": flight.epoch,
                     "step": flight.epoch * n_steps,
                     "lr": train.epoch_lr(cfg, n_steps, flight.epoch),
+                    "val_loss": None, "val_acc": None,
                     **{k: float(v) for k, v in m.items()},
                     "seconds": seconds,
                 }

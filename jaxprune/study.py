@@ -39,10 +39,11 @@ from typing import Any, Callable
 import jax
 
 from jaxprune import checkpoint, config as config_lib, data, loop, masks as masks_lib, rundir, train
+from jaxprune.models import init_variables
 
 RESULT_FIELDS = (
-    "schedule", "method", "target", "round", "sparsity", "epoch",
-    "test_acc", "train_loss", "train_acc", "seconds",
+    "seed", "retrain", "distribution", "schedule", "method", "target", "round", "sparsity", "epoch",
+    "test_acc", "val_acc", "train_loss", "train_acc", "seconds",
 )
 BASELINE = "baseline"
 
@@ -68,6 +69,12 @@ class Phase:
       weights before this phase trains (0 for the baseline).
     sparsity: the global sparsity during this phase (exact, from the counts).
     parent: the directory name of the phase whose final weights are pruned.
+    seed: the replicate's seed (its baseline's; its phases' seeds derive from it).
+    retrain: how the pruned network trains again (config.RETRAIN_MODES); a
+      control (reinit, shuffle) takes the masks its `retrain` twin prunes.
+    distribution: how the count is split across layers (global, uniform, erk).
+    rewind_epoch: weight-rewind: the baseline epoch survivors are reset to.
+    home: the replicate's folder: "" for --seed's, "seed-N/" for the others.
     """
 
     schedule: str
@@ -77,16 +84,34 @@ class Phase:
     count: int
     sparsity: float
     parent: str | None
+    seed: int = 0
+    retrain: str = "retrain"
+    distribution: str = "global"
+    rewind_epoch: int = 0
+    home: str = ""
+
+    def _chain(self, retrain: str) -> str:
+        if self.schedule == BASELINE:
+            return BASELINE
+        dist = "" if self.distribution == "global" else f"-{self.distribution}"
+        mode = {"retrain": "", "weight-rewind": f"-weight-rewind-e{self.rewind_epoch}"}.get(retrain, f"-{retrain}")
+        return f"{self.schedule}-{self.method}{dist}-{target_name(self.target)}{mode}"
 
     @property
     def chain(self) -> str:
-        if self.schedule == BASELINE:
-            return BASELINE
-        return f"{self.schedule}-{self.method}-{target_name(self.target)}"
+        """The chain's name: schedule, method, [distribution,] exact target[, retraining mode]."""
+        return self._chain(self.retrain)
+
+    @property
+    def mask_chain(self) -> str:
+        """The chain whose pruning draws this phase's masks: its own, or a control's retrain twin."""
+        return self._chain("retrain" if self.retrain in config_lib.CONTROLS else self.retrain)
 
     @property
     def name(self) -> str:
-        return BASELINE if self.schedule == BASELINE else f"{self.chain}/round-{self.round:02d}"
+        if self.schedule == BASELINE:
+            return self.home + BASELINE
+        return f"{self.home}{self.chain}/round-{self.round:02d}"
 
     def identity(self) -> dict[str, Any]:
         """What a phase's directory must match on a rerun (beside its training config)."""
@@ -137,8 +162,14 @@ def iterative_sparsities(total: int, step: float, target: float, pruned: int = 0
 def plan(cfg: config_lib.StudyConfig, total: int, pruned: int = 0) -> list[Phase]:
     """Every phase of the study, in the order the driver runs them.
 
-    pruned: weights already pruned in the baseline (a given, pruned
-    checkpoint): its masks are kept, and every target counts from its sparsity.
+    Per replicate seed: its baseline (unless one is given, then shared), then
+    for each retraining mode that forms chains (retrain, finetune, lr-rewind,
+    weight-rewind) and each method, the one-shot phases and the iterative
+    chains; then the controls, one per phase of the retrain chains (which
+    they imply), pruned from the same parent with the same count and key.
+
+    pruned: weights already pruned in a given baseline: its masks are kept,
+    and every target counts from its sparsity.
     """
     for t in cfg.targets:
         if round(t * total) <= pruned:
@@ -146,21 +177,38 @@ def plan(cfg: config_lib.StudyConfig, total: int, pruned: int = 0) -> list[Phase
                 f"target {t:g} is not above the baseline's sparsity {100 * pruned / total:.2f}% "
                 "(--baseline is already pruned); give targets above it"
             )
-    phases = [] if cfg.baseline else [BASELINE_PHASE]
-    for method in cfg.methods:
-        if "oneshot" in cfg.schedules:
-            for t in cfg.targets:
-                k = round(t * total)  # what prune_global(t) prunes from a dense model
-                phases.append(Phase("oneshot", method, t, 1, k - pruned, k / total, BASELINE))
-        if "iterative" in cfg.schedules:
-            chains = [max(cfg.targets)] if cfg.shared_chain else sorted(cfg.targets)
-            for t in chains:
-                parent, remaining = BASELINE, total - pruned
-                for r, k in enumerate(iterative_counts(total, cfg.step, t, pruned), start=1):
-                    remaining -= k
-                    phase = Phase("iterative", method, t, r, k, 1 - remaining / total, parent)
-                    phases.append(phase)
-                    parent = phase.name
+    controls = [m for m in cfg.retrain if m in config_lib.CONTROLS]
+    modes = [m for m in cfg.retrain if m not in config_lib.CONTROLS]
+    if controls and "retrain" not in modes:
+        modes.insert(0, "retrain")
+    phases = []
+    for seed in cfg.replicate_seeds:
+        home = "" if seed == cfg.train.seed else f"seed-{seed}/"
+        root = BASELINE if cfg.baseline else home + BASELINE  # a given baseline serves every replicate
+        if not cfg.baseline:
+            phases.append(dataclasses.replace(BASELINE_PHASE, seed=seed, home=home))
+        common = dict(seed=seed, distribution=cfg.distribution, home=home)
+        twins = []
+        for mode in modes:
+            kw = dict(common, retrain=mode, rewind_epoch=cfg.rewind_epoch if mode == "weight-rewind" else 0)
+            for method in cfg.methods:
+                if "oneshot" in cfg.schedules:
+                    for t in cfg.targets:
+                        k = round(t * total)  # what prune_global(t) prunes from a dense model
+                        phases.append(Phase("oneshot", method, t, 1, k - pruned, k / total, root, **kw))
+                if "iterative" in cfg.schedules:
+                    chains = [max(cfg.targets)] if cfg.shared_chain else sorted(cfg.targets)
+                    for t in chains:
+                        parent, remaining = root, total - pruned
+                        for r, k in enumerate(iterative_counts(total, cfg.step, t, pruned), start=1):
+                            remaining -= k
+                            phase = Phase("iterative", method, t, r, k, 1 - remaining / total, parent, **kw)
+                            phases.append(phase)
+                            parent = phase.name
+            if mode == "retrain":
+                twins = [p for p in phases if p.seed == seed and p.retrain == "retrain" and p.round]
+        for control in controls:
+            phases += [dataclasses.replace(p, retrain=control) for p in twins]
     return phases
 
 
@@ -171,15 +219,20 @@ def derived_seed(base: int, *tags: Any) -> int:
 
 
 def phase_config(cfg: config_lib.StudyConfig, phase: Phase) -> config_lib.TrainConfig:
+    """The training config of a phase. A finetune phase's constant lr is its
+    parent's last one, set when the parent is known (see `_run_phases`)."""
     if phase.schedule == BASELINE:
-        return cfg.phase(cfg.baseline_epochs, cfg.train.seed)
-    return cfg.phase(cfg.round_epochs, derived_seed(cfg.train.seed, phase.chain, phase.round))
+        return cfg.phase(cfg.baseline_epochs, phase.seed)
+    seed = derived_seed(phase.seed, phase.chain, phase.round)
+    if phase.retrain == "lr-rewind":  # the baseline's last round_epochs epochs of its schedule
+        return cfg.phase(cfg.round_epochs, seed, schedule_start=cfg.baseline_epochs - cfg.round_epochs)
+    return cfg.phase(cfg.round_epochs, seed)
 
 
 def pruning_key(cfg: config_lib.StudyConfig, phase: Phase) -> jax.Array:
     # Separate chains are independent replicates (as in the write-up), so each
-    # chain draws its own random masks.
-    return jax.random.key(derived_seed(cfg.train.seed, "prune", phase.chain, phase.round))
+    # chain draws its own random masks; a control draws its retrain twin's.
+    return jax.random.key(derived_seed(phase.seed, "prune", phase.mask_chain, phase.round))
 
 
 def disk_estimate(phases: list[Phase], total: int, n_params: int) -> int:
@@ -208,6 +261,7 @@ class Final:
     params: Any
     batch_stats: Any
     masks: Any
+    last_lr: float | None = None  # the lr of its last epoch (a finetune child keeps it)
 
 
 def _final_epoch(workdir: Path, phase_cfg: config_lib.TrainConfig) -> int | None:
@@ -220,8 +274,8 @@ def _final_epoch(workdir: Path, phase_cfg: config_lib.TrainConfig) -> int | None
 
 
 def _restore_final(folder: Path, epoch: int, cfg: config_lib.TrainConfig) -> Final:
-    model, _ = checkpoint.restore_model(folder, epoch, checkpoint.abstract_model(train.abstract_state(cfg)))
-    return Final(model["params"], model["batch_stats"], model["masks"])
+    model, meta = checkpoint.restore_model(folder, epoch, checkpoint.abstract_model(train.abstract_state(cfg)))
+    return Final(model["params"], model["batch_stats"], model["masks"], meta.get("metrics", {}).get("lr"))
 
 
 def load_final(workdir: Path, phase_cfg: config_lib.TrainConfig) -> Final:
@@ -248,11 +302,14 @@ def load_baseline(path: str, cfg: config_lib.StudyConfig) -> Final:
 
 def _result_row(phase: Phase, m: dict[str, Any]) -> dict[str, Any]:
     """One results.csv row from a phase and one of its metrics rows."""
+    base = phase.schedule == BASELINE
     return {
+        "seed": phase.seed, "retrain": "" if base else phase.retrain,
+        "distribution": "" if base else phase.distribution,
         "schedule": phase.schedule, "method": phase.method, "target": phase.target,
         "round": phase.round, "sparsity": round(phase.sparsity, 6), "epoch": m["epoch"],
-        "test_acc": m["test_acc"], "train_loss": m["train_loss"], "train_acc": m["train_acc"],
-        "seconds": round(m["seconds"], 3),
+        "test_acc": m["test_acc"], "val_acc": m.get("val_acc"), "train_loss": m["train_loss"],
+        "train_acc": m["train_acc"], "seconds": round(m["seconds"], 3),
     }
 
 
@@ -301,7 +358,7 @@ def run_study(cfg: config_lib.StudyConfig, workdir: str | Path, *, log: Callable
     """
     cfg.validate()
     workdir = Path(workdir)
-    dataset = data.load(cfg.train.data).subset(cfg.train.train_subset)
+    dataset = data.load(cfg.train.data).prepared(cfg.train)
     baseline = load_baseline(cfg.baseline, cfg) if cfg.baseline else None
     total, n_params = model_shapes(cfg.train)
     pruned = total - round(total * (1 - masks_lib.sparsity(baseline.masks))) if baseline else 0
@@ -336,17 +393,10 @@ def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None,
         return finals[phase.parent]
 
     def spec(phase: Phase) -> loop.RunSpec:
-        start = masks = None
-        if phase.parent is not None:
-            parent = parent_of(phase)
-            start = {"params": parent.params, "batch_stats": parent.batch_stats}
-            masks = masks_lib.prune_global(
-                parent.params, parent.masks, phase.count, method=phase.method, key=pruning_key(cfg, phase)
-            )
-        return loop.RunSpec(
-            phase_config(cfg, phase), workdir / phase.name, start, masks,
-            meta={"phase": dataclasses.asdict(phase)}, identity=phase.identity(),
-        )
+        return phase_spec(cfg, workdir, phase, parent_of(phase) if phase.parent is not None else None)
+
+    def recipe(p: Phase):  # phases vmapped together must share one compiled program
+        return train.compile_key(dataclasses.replace(phase_config(cfg, p), seed=0)), p.retrain
 
     done = {p.name for p in phases if _final_epoch(workdir / p.name, phase_config(cfg, p))}
     if baseline is not None:
@@ -361,14 +411,14 @@ def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None,
     )
     while pending:
         ready = [p for p in pending if p.parent is None or p.parent in done]
-        epochs = phase_config(cfg, ready[0]).epochs
-        group = [p for p in ready if phase_config(cfg, p).epochs == epochs][: cfg.parallel_runs]
+        group = [p for p in ready if recipe(p) == recipe(ready[0])][: cfg.parallel_runs]
         results = loop.train_runs(
             [spec(p) for p in group], dataset=dataset, run_axis=cfg.parallel_runs,
             on_epoch=_results_writer(workdir, recorded),
         )
         for phase, result in zip(group, results):
-            finals[phase.name] = Final(result.state.params, result.state.batch_stats, result.state.masks)
+            last_lr = result.history[-1]["lr"]
+            finals[phase.name] = Final(result.state.params, result.state.batch_stats, result.state.masks, last_lr)
             done.add(phase.name)
             pending.remove(phase)
             n_done += 1
@@ -380,6 +430,70 @@ def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None,
         needed = {p.parent for p in pending}
         for name in [n for n in finals if n not in needed]:
             del finals[name]
+
+
+def phase_spec(cfg: config_lib.StudyConfig, workdir: Path, phase: Phase, parent: Final | None) -> loop.RunSpec:
+    """What a phase trains: its config, directory, starting weights and masks.
+
+    The masks prune `phase.count` of the parent's remaining weights (the
+    parent's final weights ranked by `phase.method`, split by its
+    distribution). Then by retraining mode: retrain and lr-rewind start from
+    the parent's weights, finetune too at the parent's last lr held constant,
+    weight-rewind from the baseline's weights at the rewind epoch, reinit from
+    fresh random weights, shuffle from the parent's weights with each layer's
+    mask permuted. Masks are applied to the start when training begins.
+    """
+    pcfg = phase_config(cfg, phase)
+    wants_rewind = "weight-rewind" in cfg.retrain and cfg.rewind_epoch > 0
+    keep = (cfg.rewind_epoch,) if phase.schedule == BASELINE and wants_rewind else ()
+    start = masks = None
+    if parent is not None:
+        start = {"params": parent.params, "batch_stats": parent.batch_stats}
+        masks = masks_lib.prune(
+            parent.params, parent.masks, phase.count, distribution=phase.distribution,
+            score=phase.method, key=pruning_key(cfg, phase),
+        )
+        tag = derived_seed(phase.seed, phase.retrain, phase.chain, phase.round)
+        if phase.retrain == "finetune":
+            pcfg = dataclasses.replace(pcfg, schedule="constant", lr=parent.last_lr)
+        elif phase.retrain == "weight-rewind":
+            start = _rewind_point(cfg, workdir, phase)
+        elif phase.retrain == "reinit":
+            start = init_variables(train.build_model(pcfg), tag)
+        elif phase.retrain == "shuffle":
+            masks = masks_lib.shuffle_masks(masks, jax.random.key(tag))
+    return loop.RunSpec(
+        pcfg, Path(workdir) / phase.name, start, masks, meta={"phase": dataclasses.asdict(phase)},
+        identity=phase.identity(), keep_epochs=keep,
+    )
+
+
+def _rewind_point(cfg: config_lib.StudyConfig, workdir: Path, phase: Phase) -> dict:
+    """The baseline's params and batch stats at epoch `phase.rewind_epoch` (0: its initialisation).
+
+    The initialisation is recomputed from the baseline's config (deterministic
+    on a platform); a later epoch is read from the baseline's checkpoints,
+    which keep it when the study asks for weight-rewind before the baseline trains.
+    """
+    k = phase.rewind_epoch
+    if cfg.baseline:
+        folder, epoch = checkpoint.locate(cfg.baseline)
+        saved = config_lib.from_dict(config_lib.TrainConfig, checkpoint.read_meta(folder, epoch)["config"])
+        base_cfg = dataclasses.replace(saved, devices=cfg.train.devices)
+    else:
+        folder = workdir / (phase.home + BASELINE) / "checkpoints"
+        base_cfg = phase_config(cfg, dataclasses.replace(BASELINE_PHASE, seed=phase.seed))
+    if k == 0:
+        return init_variables(train.build_model(base_cfg), base_cfg.seed)
+    with checkpoint.RunCheckpoints(folder, read_only=True) as ck:
+        if k not in ck.epochs():
+            raise StudyError(
+                f"weight-rewind needs the baseline's epoch {k}, but {folder} kept no epoch {k} (it trained "
+                "before --retrain weight-rewind asked for it): use --rewind-epoch 0 (its initialisation) "
+                "or a new --workdir"
+            )
+        model, _ = ck.restore_model(k, checkpoint.abstract_model(train.abstract_state(base_cfg)))
+    return {"params": model["params"], "batch_stats": model["batch_stats"]}
 
 
 def _results_writer(workdir: Path, recorded: list[Phase]):

@@ -54,21 +54,25 @@ def steps_per_epoch(cfg: config_lib.TrainConfig, n_train: int) -> int:
 
 
 def _lr_at(cfg: config_lib.TrainConfig, steps_per_epoch: int, count, xp):
-    """The lr after `count` SGD steps, computed with array module `xp` (jax.numpy or numpy).
+    """The lr after `count` SGD steps of this run, computed with array module `xp` (jax.numpy or numpy).
 
     epoch-cosine is torch's CosineAnnealingLR(T_max) with eta_min 0, stepped
     once per epoch: constant within an epoch, lr/2 (1 + cos(pi e / T_max))
-    for 0-based epoch e. cosine anneals per step to 0 over cfg.epochs, as
-    optax.cosine_decay_schedule does.
+    for 0-based schedule epoch e. cosine anneals per step to 0 over the
+    schedule's epochs, as optax.cosine_decay_schedule does. The schedule's
+    epochs start at cfg.schedule_start (an lr-rewind phase replays its
+    parent's last epochs), and span schedule_start + epochs.
     """
     lr = xp.asarray(cfg.lr)  # float64 with numpy, and with jax when x64 is on: exact there
     if cfg.schedule == "constant":
         return lr
+    span = cfg.schedule_start + cfg.epochs
     if cfg.schedule == "epoch-cosine":
-        progress = xp.asarray(count // steps_per_epoch, lr.dtype) / (cfg.t_max or cfg.epochs)
+        epoch = xp.asarray(count // steps_per_epoch + cfg.schedule_start, lr.dtype)
+        progress = epoch / (cfg.t_max or span)
     else:
-        total = max(steps_per_epoch * cfg.epochs, 1)
-        progress = xp.asarray(xp.minimum(count, total), lr.dtype) / total
+        total = max(steps_per_epoch * span, 1)
+        progress = xp.asarray(xp.minimum(count + steps_per_epoch * cfg.schedule_start, total), lr.dtype) / total
     return lr * 0.5 * (1 + xp.cos(xp.pi * progress))
 
 

@@ -243,6 +243,21 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     return jax.tree.map(zero_pruned, params, masks)
 
 
+def shuffle_masks(masks: PyTree, key: jax.Array) -> PyTree:
+    """Each prunable leaf's mask with its entries permuted at random (a control).
+
+    Every leaf keeps its count of kept weights, at random positions; 0-d
+    (non-prunable) leaves are unchanged. Leaf i draws from fold_in(key, i).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(masks)
+    out = [
+        m if np.ndim(m) == 0
+        else jax.random.permutation(jax.random.fold_in(key, i), jnp.ravel(m)).reshape(np.shape(m))
+        for i, m in enumerate(leaves)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def zero_pruned(x, mask):
     """One leaf: `x` with the entries its mask prunes set to 0; a 0-d mask keeps `x` whole.
 
