@@ -88,6 +88,25 @@ class TrainConfig:
         "hold out N training images (a fixed random subset) as a validation set, evaluated every "
         "epoch; the best epoch is then chosen on it instead of on the test set (0 = none, as the write-up)",
     )
+    exclude: tuple[str, ...] = _field(
+        (),
+        "kernels never pruned, by path component or glob (e.g. stem_conv head: the first conv and the "
+        "classifier); sparsities then count only the other kernels",
+    )
+    prune_to: float = _field(
+        0.0,
+        "gradual pruning inside training (Zhu & Gupta 2017): the sparsity to reach, from --prune-from, "
+        "with s_t = s_f + (s_i - s_f)(1 - t/(n dt))^3, masks recomputed on the device every "
+        "--prune-every steps (0 = off)",
+    )
+    prune_from: float = _field(0.0, "gradual: the starting sparsity s_i (a study sets its parent's)")
+    prune_end: float = _field(
+        0.75, "gradual: the fraction of the run's steps by which --prune-to is reached; training then goes on"
+    )
+    prune_every: int = _field(0, "gradual: steps between mask updates, dt (0 = once per epoch)")
+    prune_score: str = _field(
+        "magnitude", "gradual: what is pruned first", choices=("magnitude", "random", "lamp")
+    )
     augment: bool = _field(True, "random crop (padding 4) and horizontal flip on training images")
     eval_batch_size: int = _field(1000, "images per evaluation batch (the whole test set is evaluated)")
     seed: int = _field(0, "seed for initialisation, data order and augmentation")
@@ -136,6 +155,12 @@ class TrainConfig:
             raise ConfigError(f"--t-max must be >= 0 (epochs; 0 = the run's epochs), got {self.t_max}")
         if self.schedule_start < 0:
             raise ConfigError(f"--schedule-start must be >= 0 (epochs), got {self.schedule_start}")
+        if not 0 <= self.prune_from <= self.prune_to < 1 and self.prune_to:
+            raise ConfigError(
+                f"--prune-to must be in (--prune-from, 1), got {self.prune_to} from {self.prune_from}"
+            )
+        if not 0 < self.prune_end <= 1 or self.prune_every < 0:
+            raise ConfigError("--prune-end must be in (0, 1] and --prune-every >= 0")
         if self.val_split < 0:
             raise ConfigError(f"--val-split must be >= 0 (images), got {self.val_split}")
         if self.train_subset < 0:
@@ -223,7 +248,7 @@ def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = ""
     return diffs
 
 
-SCHEDULES = ("oneshot", "iterative")
+SCHEDULES = ("oneshot", "iterative", "gradual")
 # How a pruned network is trained again. The first four are chains of their
 # own; the two controls mirror the `retrain` chain's masks (which they imply).
 RETRAIN_MODES = ("retrain", "finetune", "lr-rewind", "weight-rewind", "reinit", "shuffle")
@@ -256,7 +281,12 @@ class StudyConfig:
     methods: tuple[str, ...] = _field(
         ("magnitude", "random"), "pruning methods: magnitude, random", identity=False
     )
-    schedules: tuple[str, ...] = _field(SCHEDULES, "schedules to run: oneshot, iterative", identity=False)
+    schedules: tuple[str, ...] = _field(
+        ("oneshot", "iterative"),
+        "schedules to run: oneshot, iterative, gradual (Zhu & Gupta: from the baseline to each target "
+        "within --round-epochs, masks updated on the device during training; retrain mode only)",
+        identity=False,
+    )
     targets: tuple[float, ...] = _field(
         (0.5, 0.75, 0.9), "target sparsities, each in (0, 1), no two equal", identity=False
     )

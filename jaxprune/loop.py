@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import threading
 import time
 from pathlib import Path
@@ -79,7 +80,7 @@ class _Run:
             self.state, self.history = found
         else:
             start = spec.start if spec.start is not None else init_variables(train.build_model(self.cfg), self.cfg.seed)
-            self.state = train.create_train_state(start, tx, self.cfg.seed, spec.masks, mesh)
+            self.state = train.create_train_state(start, tx, self.cfg.seed, spec.masks, mesh, self.cfg.exclude)
             self.history = []
         self.live = self.state  # what the next epoch consumes
         self.dispatched = len(self.history)
@@ -219,6 +220,7 @@ def train_runs(
         )
         val = None if dataset.val_labels is None else devices.put_replicated((dataset.val_images, dataset.val_labels), mesh)
         bar = stack.enter_context(_progress(cfg, runs))
+        prunable = sum(math.prod(m.shape) for m in jax.tree.leaves(train.abstract_state(cfg, tx).masks) if m.ndim)
         last_ready = [time.perf_counter()]
 
         def dispatch(members: tuple[int, ...], epoch: int, state) -> tuple[Any, _Flight]:
@@ -244,10 +246,12 @@ def train_runs(
             last_ready[0] = now
             for j, (i, state) in enumerate(zip(flight.members, flight.snapshots)):
                 m = {k: (v[j] if batched else v) for k, v in metrics.items()}
+                kept = int(m.pop("kept"))
                 row = {
                     "epoch": flight.epoch,
                     "step": flight.epoch * n_steps,
                     "lr": train.epoch_lr(cfg, n_steps, flight.epoch),
+                    "sparsity": 1 - kept / prunable,  # exact, from the count (it moves in gradual pruning)
                     "val_loss": None, "val_acc": None,
                     **{k: float(v) for k, v in m.items()},
                     "seconds": seconds,

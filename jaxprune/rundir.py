@@ -29,7 +29,8 @@ from jaxprune import config as config_lib
 LOCK, CONFIG = ".lock", "config.json"
 # val_loss and val_acc are empty unless the run holds out a validation split.
 METRIC_FIELDS = (
-    "epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc", "seconds",
+    "epoch", "step", "lr", "sparsity", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
+    "seconds",
 )
 
 

@@ -30,6 +30,7 @@ for work that was lost, and its rows are in plan order once the study ends.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -121,10 +122,11 @@ class Phase:
 BASELINE_PHASE = Phase(BASELINE, "", 0.0, 0, 0, 0.0, None)
 
 
+@functools.lru_cache(maxsize=16)
 def model_shapes(cfg: config_lib.TrainConfig) -> tuple[int, int]:
     """(prunable weights, all parameters) of the model `cfg` builds (shapes only, no compute)."""
     shapes = train.abstract_state(cfg).params
-    flags = masks_lib.prunable(shapes)
+    flags = masks_lib.prunable(shapes, train.mask_filter(cfg))
     sizes = [math.prod(p.shape) for p in jax.tree.leaves(shapes)]
     return sum(n for n, f in zip(sizes, jax.tree.leaves(flags)) if f), sum(sizes)
 
@@ -196,6 +198,10 @@ def plan(cfg: config_lib.StudyConfig, total: int, pruned: int = 0) -> list[Phase
                     for t in cfg.targets:
                         k = round(t * total)  # what prune_global(t) prunes from a dense model
                         phases.append(Phase("oneshot", method, t, 1, k - pruned, k / total, root, **kw))
+                if "gradual" in cfg.schedules and mode == "retrain":
+                    for t in cfg.targets:  # pruned during training, from the parent's masks to t
+                        k = round(t * total)
+                        phases.append(Phase("gradual", method, t, 1, k - pruned, k / total, root, **kw))
                 if "iterative" in cfg.schedules:
                     chains = [max(cfg.targets)] if cfg.shared_chain else sorted(cfg.targets)
                     for t in chains:
@@ -224,6 +230,10 @@ def phase_config(cfg: config_lib.StudyConfig, phase: Phase) -> config_lib.TrainC
     if phase.schedule == BASELINE:
         return cfg.phase(cfg.baseline_epochs, phase.seed)
     seed = derived_seed(phase.seed, phase.chain, phase.round)
+    if phase.schedule == "gradual":  # Zhu & Gupta inside training, from the parent's sparsity
+        total = prunable_total(cfg.train)
+        start = (round(phase.sparsity * total) - phase.count) / total
+        return cfg.phase(cfg.round_epochs, seed, prune_to=phase.target, prune_from=start, prune_score=phase.method)
     if phase.retrain == "lr-rewind":  # the baseline's last round_epochs epochs of its schedule
         return cfg.phase(cfg.round_epochs, seed, schedule_start=cfg.baseline_epochs - cfg.round_epochs)
     return cfg.phase(cfg.round_epochs, seed)
@@ -306,8 +316,9 @@ def _result_row(phase: Phase, m: dict[str, Any]) -> dict[str, Any]:
     return {
         "seed": phase.seed, "retrain": "" if base else phase.retrain,
         "distribution": "" if base else phase.distribution,
-        "schedule": phase.schedule, "method": phase.method, "target": phase.target,
-        "round": phase.round, "sparsity": round(phase.sparsity, 6), "epoch": m["epoch"],
+        "schedule": phase.schedule, "method": phase.method, "target": phase.target, "round": phase.round,
+        # Per epoch from the masks (it moves in gradual pruning); older logs: the phase's.
+        "sparsity": round(phase.sparsity if m.get("sparsity") is None else m["sparsity"], 6), "epoch": m["epoch"],
         "test_acc": m["test_acc"], "val_acc": m.get("val_acc"), "train_loss": m["train_loss"],
         "train_acc": m["train_acc"], "seconds": round(m["seconds"], 3),
     }
@@ -449,7 +460,7 @@ def phase_spec(cfg: config_lib.StudyConfig, workdir: Path, phase: Phase, parent:
     start = masks = None
     if parent is not None:
         start = {"params": parent.params, "batch_stats": parent.batch_stats}
-        masks = masks_lib.prune(
+        masks = parent.masks if phase.schedule == "gradual" else masks_lib.prune(  # gradual: pruned in training
             parent.params, parent.masks, phase.count, distribution=phase.distribution,
             score=phase.method, key=pruning_key(cfg, phase),
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
 import flax.struct
@@ -98,10 +99,18 @@ def make_optimizer(cfg: config_lib.TrainConfig, steps_per_epoch: int) -> optax.G
     )
 
 
-def _new_state(variables: dict, tx: optax.GradientTransformation, seed: int, masks: Any = None) -> TrainState:
+def mask_filter(cfg: config_lib.TrainConfig):
+    """Which leaves may be pruned: conv and dense kernels, minus cfg.exclude."""
+    return masks_lib.exclude(*cfg.exclude) if cfg.exclude else None
+
+
+def _new_state(
+    variables: dict, tx: optax.GradientTransformation, seed: int, masks: Any = None, exclude: tuple = ()
+) -> TrainState:
     """The state at step 0 (traceable, so `abstract_state` can take its shapes)."""
     params = variables["params"]
-    masks = masks_lib.init_masks(params) if masks is None else masks
+    if masks is None:
+        masks = masks_lib.init_masks(params, masks_lib.exclude(*exclude) if exclude else None)
     params = masks_lib.apply_masks(params, masks)
     return TrainState(
         params=params,
@@ -114,10 +123,12 @@ def _new_state(variables: dict, tx: optax.GradientTransformation, seed: int, mas
 
 
 def create_train_state(
-    variables: dict, tx: optax.GradientTransformation, seed: int, masks: Any = None, mesh=None
+    variables: dict, tx: optax.GradientTransformation, seed: int, masks: Any = None, mesh=None, exclude: tuple = ()
 ) -> TrainState:
-    """A fresh optimiser over a copy of `variables`, params masked so pruned weights start at 0."""
-    state = _new_state(variables, tx, seed, masks)
+    """A fresh optimiser over a copy of `variables`, params masked so pruned weights start at 0.
+
+    Without `masks`, all are kept, and the leaves `exclude` names are not prunable."""
+    state = _new_state(variables, tx, seed, masks, exclude)
     # Fresh buffers, since the train step donates (consumes) its state while
     # `variables` may be needed again (a parent pruned to several targets);
     # committed, so the step's outputs match its inputs and it never recompiles.
@@ -157,7 +168,9 @@ def _keys(state: TrainState):
 def step_fns_for(cfg: config_lib.TrainConfig, steps_per_epoch: int, runs: bool = False) -> StepFns:
     """The compiled functions for a config, shared by every run (and pruning
     round) with the same shapes and recipe, so none compiles twice."""
-    return make_step_fns(build_model(cfg), make_optimizer(cfg, steps_per_epoch), cfg, runs=runs)
+    return make_step_fns(
+        build_model(cfg), make_optimizer(cfg, steps_per_epoch), cfg, runs=runs, steps_per_epoch=steps_per_epoch
+    )
 
 
 def compile_key(cfg: config_lib.TrainConfig) -> config_lib.TrainConfig:
@@ -165,7 +178,9 @@ def compile_key(cfg: config_lib.TrainConfig) -> config_lib.TrainConfig:
     return dataclasses.replace(cfg, data="", train_subset=0, seed=0, progress=False)
 
 
-def make_step_fns(model, tx, cfg: config_lib.TrainConfig, runs: bool = False, masked: bool = True) -> StepFns:
+def make_step_fns(
+    model, tx, cfg: config_lib.TrainConfig, runs: bool = False, masked: bool = True, steps_per_epoch: int = 0
+) -> StepFns:
     """Builds train_step, train_epoch (jitted, state donated) and evaluate (jitted).
 
     With runs=True every function takes states stacked along a leading run
@@ -183,6 +198,28 @@ def make_step_fns(model, tx, cfg: config_lib.TrainConfig, runs: bool = False, ma
         if mesh.size == 1 or x.shape[axis] % mesh.size:
             return x
         return jax.lax.with_sharding_constraint(x, devices.batch_split(mesh, axis))
+
+    if cfg.prune_to and not (cfg.prune_every or steps_per_epoch):
+        raise ValueError("gradual pruning (prune_to) needs steps_per_epoch or prune_every")
+
+    def gradual(state: TrainState, params):
+        """Zhu & Gupta: after step t (1-based) at t = dt, 2 dt, ..., n dt, the masks
+        are recomputed on the device to exactly round(s_t * total) pruned; between
+        updates they stay. n dt is the first multiple of dt at or past prune_end
+        of the run's steps."""
+        dt = cfg.prune_every or steps_per_epoch
+        n = max(1, math.ceil(cfg.prune_end * steps_per_epoch * cfg.epochs / dt))
+        t = state.step + 1
+        s = masks_lib.polynomial_sparsity(t, initial=cfg.prune_from, final=cfg.prune_to, begin_step=0, n=n, delta_t=dt)
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), t)  # used by "random" only
+
+        def update():
+            return masks_lib.update_masks_on_device(
+                params, state.masks, s, score=cfg.prune_score, key=key, filter=mask_filter(cfg)
+            )
+
+        due = masks_lib.is_update_step(t, begin_step=0, delta_t=dt, n=n)
+        return jax.lax.cond(due, update, lambda: state.masks)
 
     def train_step(state: TrainState, images, labels):
         """One masked SGD step on a uint8 batch. Returns (state, (loss_sum, correct))."""
@@ -208,19 +245,20 @@ def make_step_fns(model, tx, cfg: config_lib.TrainConfig, runs: bool = False, ma
         # gives exactly the step of a masked gradient, in one fused pass.
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        masks = gradual(state, params) if cfg.prune_to else state.masks
         if masked:
-            params = masks_lib.apply_masks(params, state.masks)
+            params = masks_lib.apply_masks(params, masks)
             # Momentum of pruned weights: 0, even if the optimiser state predates the mask.
             opt_state = optax.tree_utils.tree_map_params(
                 tx,
                 masks_lib.zero_pruned,
                 opt_state,
-                state.masks,
+                masks,
                 transform_non_params=lambda v: v,
             )
         correct = jnp.sum(jnp.argmax(logits, -1) == labels, dtype=jnp.int32)
         new = state.replace(
-            params=params, batch_stats=batch_stats, opt_state=opt_state, step=state.step + 1
+            params=params, batch_stats=batch_stats, opt_state=opt_state, masks=masks, step=state.step + 1
         )
         return new, (loss_sum, correct)
 
@@ -290,7 +328,8 @@ def make_step_fns(model, tx, cfg: config_lib.TrainConfig, runs: bool = False, ma
 
         init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
         (loss, correct), _ = jax.lax.scan(body, init, (images, labels, valid))
-        return {"test_loss": loss / n, "test_acc": correct / n}
+        kept = sum(jnp.sum(m, dtype=jnp.int32) for m in jax.tree.leaves(masks) if m.ndim)
+        return {"test_loss": loss / n, "test_acc": correct / n, "kept": kept}
 
     def batches_of(state, epoch, n):
         f = functools.partial(epoch_batches, n=n)
@@ -320,6 +359,7 @@ def abstract_state(cfg: config_lib.TrainConfig, tx=None) -> TrainState:
     tx = tx or make_optimizer(cfg, 1)
 
     def make():
-        return _new_state(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False), tx, 0)
+        variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+        return _new_state(variables, tx, 0, None, cfg.exclude)
 
     return devices.abstract_replicated(jax.eval_shape(make), devices.mesh(cfg.devices))
