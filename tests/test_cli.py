@@ -1,5 +1,6 @@
 """The command line: the smoke preset end to end, evaluate, help, and one-line errors."""
 
+import csv
 import subprocess
 import sys
 
@@ -19,9 +20,10 @@ def test_smoke_preset_trains_and_evaluates(tmp_path, capsys):
     assert cli.main(["train", "--preset", "smoke", "--workdir", str(workdir), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "3 epochs" in out
-    rows = (workdir / "metrics.csv").read_text().splitlines()[1:]
+    with open(workdir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 3
-    final_acc = float(rows[-1].split(",")[6])
+    final_acc = float(rows[-1]["test_acc"])
     assert final_acc > 0.5  # chance is 0.1
     # Rerunning the finished command does no more work and succeeds.
     assert cli.main(["train", "--preset", "smoke", "--workdir", str(workdir), "--no-progress"]) == 0
