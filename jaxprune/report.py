@@ -146,13 +146,13 @@ def phase_stats(df: pd.DataFrame) -> pd.DataFrame:
     """One row per phase (PHASE keys): ``sparsity`` at its last epoch, ``epochs`` (its last epoch
     number), ``max_test``, ``best_val_test`` and ``best_val_epoch`` (NaN without val_acc), ``last_test``."""
     df = _ordered(df).sort_values([*PHASE, "epoch"], kind="stable")
-    out = df.groupby(PHASE).agg(
+    out = df.groupby(PHASE, observed=True).agg(
         sparsity=("sparsity", "last"), epochs=("epoch", "max"),
         max_test=("test_acc", "max"), last_test=("test_acc", "last"),
     )
     val = df.dropna(subset=["val_acc"])
     # idxmax gives the first row of the maximum; rows are in epoch order, so the first epoch on ties.
-    best = val.loc[val.groupby(PHASE)["val_acc"].idxmax(), [*PHASE, "epoch", "test_acc"]]
+    best = val.loc[val.groupby(PHASE, observed=True)["val_acc"].idxmax(), [*PHASE, "epoch", "test_acc"]]
     best = best.rename(columns={"epoch": "best_val_epoch", "test_acc": "best_val_test"}).set_index(PHASE)
     return out.join(best).reset_index()
 
@@ -174,10 +174,10 @@ def iterative_chain(phases: pd.DataFrame, targets: list[float] | None = None) ->
     c = it.merge(pd.DataFrame({"for_target": targets}, dtype=float), how="cross")
     by = ["seed", *VARIANT, "for_target"]
     c["own"] = (c["target"] - c["for_target"]).abs() < EPS
-    longest = c["target"] == c.groupby(by)["target"].transform("max")
-    c = c[c["own"] | (~c.groupby(by)["own"].transform("any") & longest)].sort_values([*by, "round"])
+    longest = c["target"] == c.groupby(by, observed=True)["target"].transform("max")
+    c = c[c["own"] | (~c.groupby(by, observed=True)["own"].transform("any") & longest)].sort_values([*by, "round"])
     c["reached"] = c["sparsity"] >= c["for_target"] - EPS
-    reached_before = c.groupby(by)["reached"].cumsum() - c["reached"]
+    reached_before = c.groupby(by, observed=True)["reached"].cumsum() - c["reached"]
     return c[reached_before == 0].drop(columns="own")
 
 
@@ -188,7 +188,7 @@ def final_results(phases: pd.DataFrame) -> pd.DataFrame:
     chains = iterative_chain(phases)
     reached = chains[chains["reached"]].assign(target=lambda c: c["for_target"])
     others = phases[~phases["schedule"].isin(["baseline", "iterative"])].sort_values("round")
-    last = others.groupby(["seed", *VARIANT, "schedule", "target"]).tail(1)
+    last = others.groupby(["seed", *VARIANT, "schedule", "target"], observed=True).tail(1)
     return pd.concat([last, reached[last.columns]], ignore_index=True)
 
 
@@ -197,7 +197,7 @@ def equal_compute(phases: pd.DataFrame) -> pd.DataFrame:
     (one-shot: its own epochs; iterative round r: the chain's epochs through round r)."""
     pruned = phases[phases["schedule"] != "baseline"].sort_values([*PHASE])
     chain = ["seed", *VARIANT, "schedule", "target"]
-    return pruned.assign(spent=pruned.groupby(chain)["epochs"].cumsum())
+    return pruned.assign(spent=pruned.groupby(chain, observed=True)["epochs"].cumsum())
 
 
 def across_seeds(frame: pd.DataFrame, by: list[str], carry: dict[str, str] | None = None) -> pd.DataFrame:
@@ -207,11 +207,11 @@ def across_seeds(frame: pd.DataFrame, by: list[str], carry: dict[str, str] | Non
     long = frame.melt(id_vars=by, value_vars=list(MEASURES), var_name="measure", value_name="acc")
     long = long.dropna(subset=["acc"]).assign(
         acc=lambda d: 100 * d["acc"], measure=lambda d: pd.Categorical(d["measure"], list(MEASURES), ordered=True))
-    s = long.groupby([*by, "measure"])["acc"].agg(mean="mean", std="std", n="count").reset_index()
+    s = long.groupby([*by, "measure"], observed=True)["acc"].agg(mean="mean", std="std", n="count").reset_index()
     half = stats.t.ppf(0.975, s["n"] - 1) * s["std"] / np.sqrt(s["n"])  # NaN for n=1 (df=0)
     s = s.assign(ci95_low=s["mean"] - half, ci95_high=s["mean"] + half)
     if carry:
-        s = s.merge(frame.groupby(by).agg(carry).reset_index(), on=by)
+        s = s.merge(frame.groupby(by, observed=True).agg(carry).reset_index(), on=by)
     return s
 
 
@@ -315,7 +315,7 @@ def tables(lay: _Layout, outdir: Path) -> list[str]:
         if s.empty:
             continue
         md = lay.wide(s, ["round"], lay.label(s))
-        md.insert(1, "global sparsity (%)", _pct2(md["round"].map(s.groupby("round")["sparsity"].mean())))
+        md.insert(1, "global sparsity (%)", _pct2(md["round"].map(s.groupby("round", observed=True)["sparsity"].mean())))
         out.append(_write(
             outdir, f"table{i}_iterative_{t:.2f}",
             f"Table {i}: iterative pruning to {100 * t:g}% sparsity, {lay.what} per round (%)",
@@ -355,7 +355,7 @@ def _equal_compute_table(lay: _Layout, spent: pd.DataFrame, outdir: Path) -> str
     point = ["schedule", "target", "round"]
     s = across_seeds(spent, [*point, *VARIANT], {"sparsity": "mean", "spent": "max"})
     # One row per point; variants that differ in sparsity or epochs (rare) show their mean and maximum.
-    s = s.assign(sp=s.groupby(point)["sparsity"].transform("mean"), epochs=s.groupby(point)["spent"].transform("max"))
+    s = s.assign(sp=s.groupby(point, observed=True)["sparsity"].transform("mean"), epochs=s.groupby(point, observed=True)["spent"].transform("max"))
     md = lay.wide(s, ["epochs", *point, "sp"], lay.label(s)).sort_values(["epochs", *point])
     md = md.assign(schedule=_schedule(md["schedule"]), target=_pct_g(md["target"]), sp=_pct2(md["sp"]))
     md = md.rename(columns={"epochs": "epochs after baseline", "target": "target (%)", "sp": "sparsity (%)"})
@@ -381,7 +381,7 @@ def _band(ax, x, mean, std, **kw) -> None:
 
 def _curves(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Per `by` and epoch: mean and std of test accuracy (percent) across seeds."""
-    return (100 * rows["test_acc"]).groupby([rows[c] for c in [*by, "epoch"]]).agg(["mean", "std"]).reset_index()
+    return (100 * rows["test_acc"]).groupby([rows[c] for c in [*by, "epoch"]], observed=True).agg(["mean", "std"]).reset_index()
 
 
 def _finish(fig, axes, title: str, path: Path, ylabel: str = "test accuracy (%)") -> Path:
@@ -436,7 +436,7 @@ def _oneshot_figure(lay: _Layout, outdir: Path) -> Path:
             if _select(c, method=m, **mode).empty:
                 ax.set_visible(False)  # this method was not run in this mode
                 continue
-            for t, curve in _select(c, method=m, **mode).groupby("target"):
+            for t, curve in _select(c, method=m, **mode).groupby("target", observed=True):
                 label = _max_label(_select(s, method=m, target=t, **mode), lay.several)
                 _band(ax, curve["epoch"], curve["mean"], curve["std"], label=f"sparsity {100 * t:g}% ({label})")
             ax.set_title(", ".join([f"{m} pruning", *(str(mode[v]) for v in lay.varying)]))
@@ -455,13 +455,13 @@ def _iterative_figures(lay: _Layout, outdir: Path) -> list[Path]:
             continue
         c = _curves(lay.df.merge(served, on=PHASE), [*VARIANT, "round"])
         # x: the epochs of all earlier rounds (the longest seed's) plus this round's epoch.
-        length = c.groupby([*VARIANT, "round"])["epoch"].max().rename("length")
-        ends = length.to_frame().assign(end=length.groupby(VARIANT).cumsum()).reset_index()
+        length = c.groupby([*VARIANT, "round"], observed=True)["epoch"].max().rename("length")
+        ends = length.to_frame().assign(end=length.groupby(VARIANT, observed=True).cumsum()).reset_index()
         c = c.merge(ends, on=[*VARIANT, "round"]).assign(x=lambda d: d["end"] - d["length"] + d["epoch"])
         methods = sorted(c["method"].unique())
         fig, axes = plt.subplots(1, len(methods), figsize=(6 * len(methods), 4), squeeze=False)
         for ax, m in zip(axes[0], methods):
-            for key, line in _select(c, method=m).groupby(VARIANT):
+            for key, line in _select(c, method=m).groupby(VARIANT, observed=True):
                 mode = ", ".join(str(dict(zip(VARIANT, key))[v]) for v in lay.varying)
                 n = int(line["round"].max())
                 label = f"{mode + ', ' if mode else ''}{n} round{'s' * (n > 1)}"
@@ -486,7 +486,7 @@ def _lines(ax, lay: _Layout, s: pd.DataFrame, x: str, by: list[str]) -> None:
     s = s[s["measure"] == "max_test"].sort_values(x)
     colors = {v: f"C{i % 10}" for i, v in enumerate(pd.unique(lay.label(lay.pruned)))}
     named = set()
-    for key, line in s.groupby(by):
+    for key, line in s.groupby(by, observed=True):
         variant = lay.label(line).iloc[0]
         name = f"{SCHEDULE_NAMES.get(str(key[0]), str(key[0]))}, {variant}"
         marker, style = STYLES.get(str(key[0]), ("^", ":"))
@@ -523,7 +523,7 @@ def _equal_compute_figure(lay: _Layout, outdir: Path) -> Path:
     s = across_seeds(equal_compute(lay.phases), [*by, "round"], {"spent": "max", "sparsity": "mean"})
     fig, ax = plt.subplots(figsize=(7, 4.5))
     _lines(ax, lay, s, "spent", by)  # a line per chain
-    ends = s[s["measure"] == "max_test"].sort_values("round").groupby(by).tail(1)
+    ends = s[s["measure"] == "max_test"].sort_values("round").groupby(by, observed=True).tail(1)
     for end in ends.itertuples():  # where each chain got to: one-shot's points all sit at one phase's epochs
         ax.annotate(f"{100 * end.sparsity:.0f}%", (end.spent, end.mean), fontsize=7, xytext=(3, -3),
                     textcoords="offset points")
