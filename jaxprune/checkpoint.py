@@ -17,10 +17,15 @@ written); a step appears on disk only once complete, and `close` waits for the
 last save, so a crash leaves the previous complete epoch to resume from. A
 step that cannot be read (a kill or a full disk mid-write) is reported in one
 line and moved aside to ``<epoch>.damaged``; the run goes on from another.
+
+In a multi-process job every process calls every method (Orbax writes each
+process's part of a save); the file operations of our own (clean-up, setting
+aside, dropping optimizer state) are process 0's, each followed by a barrier.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -28,6 +33,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import orbax.checkpoint as ocp
+
+from jaxprune import hosts
 
 KIND = "jaxprune-checkpoint"
 MODEL, TRAIN, META = "model", "train", "meta"
@@ -84,6 +91,7 @@ class RunCheckpoints:
             raise CheckpointError(f"no checkpoints at {self.directory}")
         if not read_only:
             self._clean_temporaries()
+            hosts.sync("jaxprune-checkpoint-clean")
         self._manager = ocp.CheckpointManager(
             self.directory,
             # read_only is ours to keep (no saves, deletes or clean-up here):
@@ -91,6 +99,11 @@ class RunCheckpoints:
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=None, create=not read_only,
                 enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only,
+                # Orbax names its cross-process barriers by step alone: runs saving
+                # the same epoch at once (a vmapped group) need names of their own.
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix=hashlib.sha256(str(self.directory).encode()).hexdigest()[:16]
+                ),
             ),
             item_names=(MODEL, TRAIN, META),
         )
@@ -164,13 +177,15 @@ class RunCheckpoints:
         while aside.exists():
             n += 1
             aside = step.with_name(f"{epoch}.damaged-{n}")
-        step.rename(aside)
+        if hosts.primary():
+            step.rename(aside)
+        hosts.sync("jaxprune-checkpoint-set-aside")
         self._manager.reload()
         self.log(f"checkpoint {step} cannot be read ({_first_line(error)}); moved aside to {aside.name}")
 
     def _clean_temporaries(self) -> None:
         """Removes the partial steps and items that a killed save leaves behind."""
-        if not self.directory.is_dir():
+        if not self.directory.is_dir() or not hosts.primary():
             return
         for path in self.directory.glob("*.orbax-checkpoint-tmp*"):
             shutil.rmtree(path, ignore_errors=True)
@@ -180,7 +195,8 @@ class RunCheckpoints:
     # ------------------------------------------------------------ writing
 
     def _drop_train_state(self, epoch: int) -> None:
-        shutil.rmtree(self.directory / str(epoch) / TRAIN, ignore_errors=True)
+        if hosts.primary():
+            shutil.rmtree(self.directory / str(epoch) / TRAIN, ignore_errors=True)
 
     def _finish_and_prune(self) -> None:
         """Waits for pending saves, then deletes every epoch but the latest and
@@ -194,6 +210,7 @@ class RunCheckpoints:
         for old in self.epochs():
             if old != latest:
                 self._drop_train_state(old)
+        hosts.sync("jaxprune-checkpoint-pruned")
 
     def save(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
         """Starts saving `state` (a TrainState) and `meta` as `epoch`; returns before the write ends."""
@@ -223,6 +240,7 @@ class RunCheckpoints:
             if finished:
                 for epoch in self.epochs():
                     self._drop_train_state(epoch)
+                hosts.sync("jaxprune-checkpoint-finished")
         self._manager.close()
 
     def __enter__(self):

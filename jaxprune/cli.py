@@ -121,16 +121,17 @@ def default_study_workdir(cfg: config_lib.StudyConfig) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jaxprune import loop
+    from jaxprune import hosts, loop
 
     cfg = train_config(args).validate()
     workdir = Path(args.workdir) if args.workdir else default_train_workdir(cfg)
     result = loop.train_and_evaluate(cfg, workdir)
     last = result.history[-1]
-    print(
-        f"{workdir}: {len(result.history)} epochs, final test accuracy "
-        f"{100 * last['test_acc']:.2f}%, best {100 * result.best_test_acc:.2f}%"
-    )
+    if hosts.primary():
+        print(
+            f"{workdir}: {len(result.history)} epochs, final test accuracy "
+            f"{100 * last['test_acc']:.2f}%, best {100 * result.best_test_acc:.2f}%"
+        )
     return 0
 
 
@@ -152,10 +153,13 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     cfg = study_config(args).validate()
     workdir = Path(args.workdir) if args.workdir else default_study_workdir(cfg)
-    results = study.run_study(cfg, workdir)
-    if not args.no_report:
-        print(f"report: {report.write_report(workdir)}")
-    print(f"results: {results}")
+    from jaxprune import hosts
+
+    results = study.run_study(cfg, workdir, log=print if hosts.primary() else lambda _: None)
+    if hosts.primary():  # the job's files are process 0's
+        if not args.no_report:
+            print(f"report: {report.write_report(workdir)}")
+        print(f"results: {results}")
     return 0
 
 
@@ -202,6 +206,44 @@ def cmd_export(args: argparse.Namespace) -> int:
 COMMANDS["export"] = cmd_export
 
 
+def _add_distributed_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "several hosts",
+        "Run the same command on every host. Process 0 writes the directory's files; Orbax "
+        "checkpoints are written by all. Under SLURM (or Open MPI) --distributed alone is enough.",
+    )
+    g.add_argument("--distributed", action="store_true",
+                   help="join a JAX multi-process job (jax.distributed.initialize) before training; "
+                        "its settings come from the options below or from JAX's environment "
+                        "(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) or cluster")
+    g.add_argument("--coordinator-address", default="", metavar="HOST:PORT",
+                   help="with --distributed: process 0's address and a free port, the same on every host")
+    g.add_argument("--num-processes", type=int, default=0, metavar="N",
+                   help="with --distributed: how many processes the job has")
+    g.add_argument("--process-id", type=int, default=-1, metavar="I",
+                   help="with --distributed: this process's index, 0 to N-1 (0 writes the files)")
+
+
+def _join_job(args: argparse.Namespace) -> None:
+    """jax.distributed.initialize for --distributed (before anything uses a device)."""
+    given = [f for f in ("coordinator_address", "num_processes", "process_id")
+             if getattr(args, f, None) not in (None, "", 0, -1)]
+    if not getattr(args, "distributed", False):
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} needs --distributed")
+        return
+    if args.num_processes < 0 or (args.num_processes and not -1 <= args.process_id < args.num_processes):
+        raise UsageError(f"--process-id must be in 0..{args.num_processes - 1}, got {args.process_id}")
+    from jaxprune import hosts
+
+    try:
+        hosts.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(f"could not join the multi-process job ({str(e).splitlines()[0][:200]}); "
+                         "give --coordinator-address, --num-processes and --process-id, or JAX's "
+                         "JAX_* environment") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="jaxprune",
@@ -220,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "minutes), smoke (synthetic data on a CPU in about a minute); options override it")
     p.add_argument("--workdir", help="run directory (default: runs/train-... named by the settings)")
     _add_config_options(p, config_lib.TrainConfig)
+    _add_distributed_options(p)
 
     p = sub.add_parser(
         "evaluate",
@@ -248,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     _add_config_options(p, config_lib.StudyConfig)
     _add_config_options(p, config_lib.TrainConfig, exclude=("epochs",))
+    _add_distributed_options(p)
 
     p = sub.add_parser(
         "report",
@@ -332,18 +376,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     user_errors = (UsageError, config_lib.ConfigError, DataError, CheckpointError, RunDirError,
                    StudyError, ReportError, ExportError)
     try:
+        _join_job(args)
         with stop_at_safe_points():
-            return COMMANDS[args.command](args)
+            return _leave_job(COMMANDS[args.command](args))
     except user_errors as e:
         print(f"jaxprune {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _leave_job(EXIT_USAGE)
     except Interrupted as e:
         print(f"jaxprune {args.command}: {e} after saving the last epoch; rerun the same command to resume",
               file=sys.stderr)
-        return e.exit_code
+        return _leave_job(e.exit_code)
     except KeyboardInterrupt:
         print(f"jaxprune {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return _leave_job(130)
+    except Exception:
+        from jaxprune import hosts
+
+        if hosts.count() > 1:  # out at once (see _leave_job), with what to do
+            import traceback
+
+            traceback.print_exc()
+            e = sys.exc_info()[1]
+            print(f"jaxprune {args.command}: error: this process of the job failed ({type(e).__name__}: "
+                  f"{(str(e).splitlines() or [''])[0][:160]}); if another host died, rerun the same "
+                  "command on every host to resume", file=sys.stderr)
+            _leave_job(1)
+        raise
+
+
+def _leave_job(code: int) -> int:
+    """Returns `code`; in a multi-process job that failed, exits at once instead.
+
+    A process that exits normally waits at JAX's shutdown barrier for the
+    others, which may be waiting for it in a collective: both would hang until
+    the heartbeat timeout. Leaving at once lets JAX tell the other processes
+    that this one died, and they end with that line.
+    """
+    from jaxprune import hosts
+
+    if code and hosts.count() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,6 +20,18 @@ class ConfigError(ValueError):
     """A field has a value the run cannot use; the message says which and why."""
 
 
+def check_layout(n_devices: int, run_axis: int, batch_size: int) -> None:
+    """Raises ConfigError when devices, run axis and batch do not fit (see devices.layout)."""
+    if n_devices < 0:
+        raise ConfigError(f"--devices must be >= 0, got {n_devices}")
+    from jaxprune import devices  # late: importing jax is needed only here
+
+    try:
+        devices.layout(n_devices, run_axis, batch_size)
+    except devices.LayoutError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _field(default, help: str, *, identity: bool = True, choices=None):
     """A dataclass field with help text.
 
@@ -118,8 +130,9 @@ class TrainConfig:
     )
     devices: int = _field(
         0,
-        "devices for data parallelism, each taking an equal share of every batch "
-        "(0 = all devices)",
+        "devices to use (0 = as many as fit). One run: each takes an equal share of every batch. "
+        "With a study's --parallel-runs R: N <= R devices each train R/N of the runs; N > R "
+        "devices (a multiple of R) form R groups, each splitting one run's batch",
         identity=False,
     )
     progress: bool = _field(True, "show a progress bar", identity=False)
@@ -137,18 +150,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "width"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        if self.devices < 0:
-            raise ConfigError(f"--devices must be >= 0, got {self.devices}")
-        import jax  # late: validation of the rest needs no devices
-
-        n = self.devices or jax.device_count()
-        if n > jax.device_count():
-            raise ConfigError(f"--devices {n} but only {jax.device_count()} devices are present")
-        if self.batch_size % n:
-            raise ConfigError(
-                f"--batch-size {self.batch_size} does not split evenly over {n} devices; "
-                f"use a multiple of {n} or set --devices"
-            )
+        check_layout(self.devices, 1, self.batch_size)
         if self.steps_per_dispatch < 0:
             raise ConfigError(f"--steps-per-dispatch must be >= 0, got {self.steps_per_dispatch}")
         if self.t_max < 0:
@@ -279,7 +281,8 @@ class StudyConfig:
     # methods, schedules or targets reuse the baseline and every finished
     # phase. Each phase checks its own identity (recipe and parent chain).
     methods: tuple[str, ...] = _field(
-        ("magnitude", "random"), "pruning methods: magnitude, random", identity=False
+        ("magnitude", "random"), "pruning methods (scores): magnitude, random, lamp (Lee et al. 2021: magnitude "
+        "normalised within each layer)", identity=False
     )
     schedules: tuple[str, ...] = _field(
         ("oneshot", "iterative"),
@@ -315,7 +318,7 @@ class StudyConfig:
     seeds: tuple[int, ...] = _field(
         (),
         "replicates: each seed trains its own baseline and chains, and the report gives mean, "
-        "std and 95%% t-intervals over them (default: --seed alone)",
+        "std and 95%% t-intervals over them (empty: --seed alone)",
         identity=False,
     )
     step: float = _field(0.1, "iterative: fraction of the remaining weights pruned per round, in (0, 1)")
@@ -333,8 +336,9 @@ class StudyConfig:
     parallel_runs: int = _field(
         1,
         "train up to N independent phases at once, vmapped over a run axis of N (for example the "
-        "three one-shot targets, or the iterative chains in lockstep); each keeps its own key and "
-        "directory; results match N=1 within float rounding",
+        "three one-shot targets, or the iterative chains in lockstep), that axis spread over the "
+        "devices (see --devices); each keeps its own key and directory; results match N=1 within "
+        "float rounding",
         identity=False,
     )
 
@@ -343,6 +347,7 @@ class StudyConfig:
         for name in ("baseline_epochs", "round_epochs", "parallel_runs"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        check_layout(self.train.devices, self.parallel_runs, self.train.batch_size)
         if not self.targets:
             raise ConfigError("--targets needs at least one target sparsity")
         for t in self.targets:

@@ -51,7 +51,8 @@ def evaluate_checkpoint(
     dataset = data.load(cfg.data)
     model, _ = checkpoint.restore_model(folder, epoch, checkpoint.abstract_model(train.abstract_state(cfg)))
     fns = train.step_fns_for(train.compile_key(cfg), 1)
-    test_x, test_y = devices.put_replicated((dataset.test_images, dataset.test_labels), devices.mesh(cfg.devices))
+    mesh = devices.mesh_for(cfg.devices, cfg.batch_size)
+    test_x, test_y = devices.put_replicated((dataset.test_images, dataset.test_labels), mesh)
     m = fns.evaluate(model["params"], model["batch_stats"], model["masks"], test_x, test_y)
     m = jax.device_get(m)
     return EvalResult(

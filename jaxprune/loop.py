@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxprune
-from jaxprune import checkpoint, config as config_lib, data, devices, interrupt, rundir, train
+from jaxprune import checkpoint, config as config_lib, data, devices, hosts, interrupt, rundir, train
 from jaxprune.models import init_variables
 
 METRIC_FIELDS = rundir.METRIC_FIELDS
@@ -75,7 +75,7 @@ class _Run:
         best = "val_acc" if self.cfg.val_split else "test_acc"
         self.ckpts = checkpoint.RunCheckpoints(self.workdir / "checkpoints", best_metric=best, keep=spec.keep_epochs)
         stack.callback(lambda: self.ckpts.close(finished=self.done))
-        found = self._resume(train.abstract_state(self.cfg, tx))
+        found = self._resume(train.abstract_state(self.cfg, tx, mesh))
         if found is not None:
             self.state, self.history = found
         else:
@@ -139,20 +139,23 @@ class _Flight:
     watcher: threading.Thread | None = None  # sets trace['ready']
 
 
-def _stack(states):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-
-
 @functools.partial(jax.jit, static_argnums=1)
-def _snapshots(state, n: int | None):
+def _stack(states, mesh):
+    """The runs' states stacked on a leading run axis, split over the mesh's runs dimension."""
+    return jax.lax.with_sharding_constraint(jax.tree.map(lambda *xs: jnp.stack(xs), *states), devices.run_split(mesh))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _snapshots(state, n: int | None, mesh):
     """Copies of a state (n=None) or of the first n runs of a stacked one, in one dispatch.
 
     Queued before the next epoch consumes the state; slicing later would
-    queue behind that epoch, and saving the slices would wait for it.
+    queue behind that epoch, and saving the slices would wait for it. Each
+    copy is replicated over the mesh, as a single run's state is, so it is
+    saved and restored the same way whichever devices trained it.
     """
-    if n is None:
-        return [jax.tree.map(jnp.copy, state)]
-    return [jax.tree.map(lambda x: x[i], state) for i in range(n)]
+    copies = [jax.tree.map(jnp.copy, state)] if n is None else [jax.tree.map(lambda x: x[i], state) for i in range(n)]
+    return jax.lax.with_sharding_constraint(copies, devices.replicated(mesh))
 
 
 def train_runs(
@@ -208,8 +211,8 @@ def train_runs(
             f"--batch-size {cfg.batch_size} is larger than the {n_train} training images (and --drop-last is on)"
         )
     tx = train.make_optimizer(cfg, n_steps)
-    mesh = devices.mesh(cfg.devices)
-    fns = train.step_fns_for(train.compile_key(cfg), n_steps, runs=batched)
+    mesh = devices.mesh_for(cfg.devices, cfg.batch_size, run_axis)
+    fns = train.step_fns_for(train.compile_key(cfg), n_steps, runs=batched, mesh=mesh)
     with contextlib.ExitStack() as stack:
         runs: list[_Run] = []
         for spec in specs:  # each claims its directory only now, so bad input writes nothing
@@ -220,7 +223,7 @@ def train_runs(
         )
         val = None if dataset.val_labels is None else devices.put_replicated((dataset.val_images, dataset.val_labels), mesh)
         bar = stack.enter_context(_progress(cfg, runs))
-        prunable = sum(math.prod(m.shape) for m in jax.tree.leaves(train.abstract_state(cfg, tx).masks) if m.ndim)
+        prunable = sum(math.prod(m.shape) for m in jax.tree.leaves(train.abstract_state(cfg, tx, mesh).masks) if m.ndim)
         last_ready = [time.perf_counter()]
 
         def dispatch(members: tuple[int, ...], epoch: int, state) -> tuple[Any, _Flight]:
@@ -230,7 +233,7 @@ def train_runs(
             if val is not None:
                 val_m = fns.evaluate(state.params, state.batch_stats, state.masks, *val)
                 test_m = {**test_m, "val_loss": val_m["test_loss"], "val_acc": val_m["test_acc"]}
-            snapshots = _snapshots(state, len(members) if batched else None)
+            snapshots = _snapshots(state, len(members) if batched else None, mesh)
             flight = _Flight(members, epoch, snapshots, {**train_m, **test_m}, t0)
             if trace is not None:
                 flight.trace = {"epoch": epoch, "dispatch_start": t0, "dispatch_end": time.perf_counter()}
@@ -240,7 +243,7 @@ def train_runs(
             return state, flight
 
         def finish(flight: _Flight) -> None:
-            metrics = jax.device_get(flight.metrics)  # the epoch's one host sync
+            metrics = hosts.to_host(flight.metrics)  # the epoch's one host sync
             now = time.perf_counter()
             seconds = (now - max(flight.dispatched_at, last_ready[0])) / len(flight.members)
             last_ready[0] = now
@@ -278,7 +281,7 @@ def train_runs(
                         finish(flight)
                         flight = None
                     padded = [*members, *[members[0]] * (run_axis - len(members))]
-                    group, stacked = members, _stack([runs[i].state for i in padded])
+                    group, stacked = members, _stack([runs[i].state for i in padded], mesh)
                 work = [(members, stacked)]
             else:
                 work = [((i,), runs[i].live) for i in members]
@@ -341,7 +344,7 @@ def _progress(cfg, runs: list[_Run]):
     desc = runs[0].workdir.name if len(runs) == 1 else f"{runs[0].workdir.parent.name}/... ({len(runs)} runs)"
     bar = tqdm(
         total=sum(r.cfg.epochs for r in runs), initial=sum(len(r.history) for r in runs),
-        desc=desc, unit="epoch", disable=not cfg.progress, leave=True,
+        desc=desc, unit="epoch", disable=not cfg.progress or not hosts.primary(), leave=True,
     )
     try:
         yield bar

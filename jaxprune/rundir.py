@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import jaxprune
-from jaxprune import config as config_lib
+from jaxprune import config as config_lib, hosts
 
 LOCK, CONFIG = ".lock", "config.json"
 # val_loss and val_acc are empty unless the run holds out a validation split.
@@ -48,33 +48,48 @@ def locked(directory: str | os.PathLike) -> Iterator[Path]:
     The lock is fcntl.flock on DIR/.lock, so the OS releases it when the
     process dies however it dies. A second holder is refused at once with
     RunDirError naming the first one's pid; it writes nothing.
+
+    In a multi-process job process 0 holds the lock for the job, and every
+    process learns whether it got it (the others raise too).
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    if not hosts.primary():
+        if not hosts.agree(False):
+            raise RunDirError(f"{directory}: process 0 could not take this directory (see its error)")
+        yield directory
+        return
+    fd = None
     try:
         try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            hosts.agree(False)
+            if fd is None or e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             raise RunDirError(
                 f"{directory} is in use by another jaxprune process (pid {holder}); wait for it "
                 "to end or stop it (a rerun resumes), or use another --workdir"
             ) from None
+        hosts.agree(True)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield directory
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the lock
 
 
 # ---------------------------------------------------------------- files
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replaces `path` with `text`: a reader or a crash sees the old file or the new, never half."""
+    """Replaces `path` with `text`: a reader or a crash sees the old file or the new, never half.
+    Process 0 alone writes (every file here is the job's, not a process's)."""
+    if not hosts.primary():
+        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -102,6 +117,8 @@ def csv_text(fields: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
 
 
 def append_csv_row(path: Path, fields: Sequence[str], row: dict[str, Any]) -> None:
+    if not hosts.primary():
+        return
     with open(path, "a", newline="") as f:
         csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", lineterminator="\n").writerow(row)
 
@@ -149,6 +166,8 @@ def write_metric_logs(directory: Path, history: list[dict[str, Any]]) -> None:
 
 
 def append_metric_logs(directory: Path, row: dict[str, Any]) -> None:
+    if not hosts.primary():
+        return
     append_csv_row(directory / "metrics.csv", METRIC_FIELDS, row)
     with open(directory / "metrics.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")

@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import jax
 
-from jaxprune import checkpoint, config as config_lib, data, loop, masks as masks_lib, rundir, train
+from jaxprune import checkpoint, config as config_lib, data, hosts, loop, masks as masks_lib, rundir, train
 from jaxprune.models import init_variables
 
 RESULT_FIELDS = (
@@ -376,7 +376,11 @@ def run_study(cfg: config_lib.StudyConfig, workdir: str | Path, *, log: Callable
     phases = plan(cfg, total, pruned)
     with rundir.locked(workdir):
         rundir.claim(workdir, cfg, record_extra={"phases": []})  # refuses a different recipe
-        every = _register(workdir, cfg, phases)
+        # Process 0 records the phases; the others read what it wrote.
+        every = _register(workdir, cfg, phases) if hosts.primary() else []
+        hosts.sync("jaxprune-study-registered")
+        if not hosts.primary():
+            every = recorded_phases(workdir)
         if baseline is not None:
             _copy_history(cfg.baseline, workdir / BASELINE)
         recorded = every if baseline is None or every[0].name == BASELINE else [BASELINE_PHASE, *every]

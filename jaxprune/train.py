@@ -133,7 +133,7 @@ def create_train_state(
     # `variables` may be needed again (a parent pruned to several targets);
     # committed, so the step's outputs match its inputs and it never recompiles.
     state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
-    return devices.put_replicated(state, mesh if mesh is not None else devices.mesh())
+    return devices.put_replicated(state, mesh if mesh is not None else devices.mesh_for(0, 0))
 
 
 # ---------------------------------------------------------------- pure steps
@@ -165,11 +165,12 @@ def _keys(state: TrainState):
 
 
 @functools.lru_cache(maxsize=8)
-def step_fns_for(cfg: config_lib.TrainConfig, steps_per_epoch: int, runs: bool = False) -> StepFns:
+def step_fns_for(cfg: config_lib.TrainConfig, steps_per_epoch: int, runs: bool = False, mesh=None) -> StepFns:
     """The compiled functions for a config, shared by every run (and pruning
     round) with the same shapes and recipe, so none compiles twice."""
     return make_step_fns(
-        build_model(cfg), make_optimizer(cfg, steps_per_epoch), cfg, runs=runs, steps_per_epoch=steps_per_epoch
+        build_model(cfg), make_optimizer(cfg, steps_per_epoch), cfg, runs=runs, steps_per_epoch=steps_per_epoch,
+        mesh=mesh,
     )
 
 
@@ -179,7 +180,8 @@ def compile_key(cfg: config_lib.TrainConfig) -> config_lib.TrainConfig:
 
 
 def make_step_fns(
-    model, tx, cfg: config_lib.TrainConfig, runs: bool = False, masked: bool = True, steps_per_epoch: int = 0
+    model, tx, cfg: config_lib.TrainConfig, runs: bool = False, masked: bool = True, steps_per_epoch: int = 0,
+    mesh=None,
 ) -> StepFns:
     """Builds train_step, train_epoch (jitted, state donated) and evaluate (jitted).
 
@@ -187,15 +189,20 @@ def make_step_fns(
     axis (independent runs, each with its own key, masks and weights) and
     `jax.vmap`s over it; the data set is shared. masked=False drops the
     masking from the update (only to measure what masking costs).
+
+    mesh (default: cfg.devices for one run) is a devices.mesh: the run axis
+    is split over its ``runs`` dimension, each run's batch over ``data``.
     """
 
-    mesh = devices.mesh(cfg.devices)
+    mesh = mesh if mesh is not None else devices.mesh_for(cfg.devices, cfg.batch_size)
+    n_data = devices.data_shards(mesh)
 
     def split(x, axis=0):
         # Data parallelism: the batch is divided among the devices; XLA adds
         # the all-reduces. A no-op on one device, and for a partial batch that
-        # does not divide evenly (it is computed replicated instead).
-        if mesh.size == 1 or x.shape[axis] % mesh.size:
+        # does not divide evenly (it is computed replicated instead). Under
+        # the runs vmap (spmd_axis_name) the run axis is split too.
+        if n_data == 1 or x.shape[axis] % n_data:
             return x
         return jax.lax.with_sharding_constraint(x, devices.batch_split(mesh, axis))
 
@@ -310,7 +317,7 @@ def make_step_fns(
     def evaluate(params, batch_stats, masks, images, labels):
         """Loss and accuracy over every image (the last batch is padded, the padding ignored)."""
         n = images.shape[0]
-        b = -(-min(cfg.eval_batch_size, n) // mesh.size) * mesh.size  # splits evenly over devices
+        b = -(-min(cfg.eval_batch_size, n) // n_data) * n_data  # splits evenly over devices
         nb = -(-n // b)
         pad = nb * b - n
         images = split(jnp.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0))).reshape(nb, b, *images.shape[1:]), 1)
@@ -331,16 +338,28 @@ def make_step_fns(
         kept = sum(jnp.sum(m, dtype=jnp.int32) for m in jax.tree.leaves(masks) if m.ndim)
         return {"test_loss": loss / n, "test_acc": correct / n, "kept": kept}
 
+    def over_runs(f, in_axes):
+        """f vmapped over the run axis, which is split over the mesh's runs
+        dimension on the way in and out (every output has a run axis)."""
+        by_run = devices.run_split(mesh)
+        vf = jax.vmap(f, in_axes=in_axes, spmd_axis_name=devices.RUNS)
+
+        def g(*args):
+            args = [jax.lax.with_sharding_constraint(a, by_run) if ax == 0 else a for a, ax in zip(args, in_axes)]
+            return jax.lax.with_sharding_constraint(vf(*args), by_run)
+
+        return g
+
     def batches_of(state, epoch, n):
         f = functools.partial(epoch_batches, n=n)
-        return (jax.vmap(f, in_axes=(0, None)) if runs else f)(state, epoch)
+        return (over_runs(f, (0, None)) if runs else f)(state, epoch)
 
     # New names: the closures above must keep calling the per-run versions.
     step_fn, chunk_one, eval_fn = train_step, train_chunk, evaluate
     if runs:
-        step_fn = jax.vmap(train_step, in_axes=(0, None, None))
-        chunk_one = jax.vmap(train_chunk, in_axes=(0, None, None, 0))
-        eval_fn = jax.vmap(evaluate, in_axes=(0, 0, 0, None, None))
+        step_fn = over_runs(train_step, (0, None, None))
+        chunk_one = over_runs(train_chunk, (0, None, None, 0))
+        eval_fn = over_runs(evaluate, (0, 0, 0, None, None))
     batches_fn = jax.jit(batches_of, static_argnums=2)
     chunk_fn = jax.jit(chunk_one, donate_argnums=0)
     return StepFns(
@@ -349,11 +368,12 @@ def make_step_fns(
     )
 
 
-def abstract_state(cfg: config_lib.TrainConfig, tx=None) -> TrainState:
+def abstract_state(cfg: config_lib.TrainConfig, tx=None, mesh=None) -> TrainState:
     """Shapes, dtypes and (replicated) shardings of a TrainState for `cfg`, computing nothing.
 
     The restore target for checkpoints: a checkpoint written on any device
-    restores onto the devices this process uses (cfg.devices of them).
+    restores onto the devices this process uses (`mesh`, default: cfg.devices
+    for one run).
     """
     model = build_model(cfg)
     tx = tx or make_optimizer(cfg, 1)
@@ -362,4 +382,5 @@ def abstract_state(cfg: config_lib.TrainConfig, tx=None) -> TrainState:
         variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
         return _new_state(variables, tx, 0, None, cfg.exclude)
 
-    return devices.abstract_replicated(jax.eval_shape(make), devices.mesh(cfg.devices))
+    mesh = mesh if mesh is not None else devices.mesh_for(cfg.devices, cfg.batch_size)
+    return devices.abstract_replicated(jax.eval_shape(make), mesh)

@@ -164,3 +164,103 @@ def test_data_parallel_over_two_cpu_devices_matches_one(tmp_path):
 def test_more_devices_than_present_is_refused():
     with pytest.raises(config.ConfigError, match="devices are present"):
         tiny(devices=jax.device_count() + 1).validate()
+
+
+RUNS_OVER_DEVICES = textwrap.dedent("""
+    import csv, dataclasses, jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import PartitionSpec as P
+    import jaxprune
+    from jaxprune import cli, config, data, devices, loop, train
+    from jaxprune.models import ResNet18, init_variables
+    assert jax.device_count() == 4, jax.devices()
+    assert devices.layout(0, 4, 32) == (4, 1) and devices.layout(0, 2, 32) == (2, 2)
+    assert devices.layout(0, 3, 32) == (3, 1) and devices.layout(0, 1, 32) == (1, 4)
+
+    # float64, two masked steps: 4 runs sharded 4 ways (4 x 1), and 2 runs over a
+    # 2 x 2 mesh (each run's batch split over 2 devices), against each run alone
+    # on one device. Equal to float64 rounding (seen: ~1e-15).
+    jax.config.update("jax_enable_x64", True)
+    cfg = config.TrainConfig(data="synthetic:128,40", width=4, epochs=1, batch_size=32, eval_batch_size=16,
+                             progress=False, devices=1)
+    ds = data.load(cfg.data)
+    x, y = ds.train_images[:32], ds.train_labels[:32]
+    model = ResNet18(data.NUM_CLASSES, cfg.width, jnp.float64)
+    tx = train.make_optimizer(cfg, 100)
+    alone_mesh = devices.mesh(1)
+    states = []
+    for seed in range(4):
+        v = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), init_variables(train.build_model(cfg), seed))
+        masks = jaxprune.prune_global(v["params"], jaxprune.init_masks(v["params"]), 0.2 * seed)
+        states.append(train.create_train_state(v, tx, seed, masks, alone_mesh))
+    one = train.make_step_fns(model, tx, cfg, mesh=alone_mesh)
+    alone = []
+    for s in states:
+        s = jax.tree.map(jnp.copy, s)
+        for _ in range(2):
+            s, _ = one.train_step(s, x, y)
+        alone.append(s)
+    for runs, shape in ((4, (4, 1)), (2, (2, 2))):
+        mesh = devices.mesh(4, shape[0])
+        many = train.make_step_fns(model, tx, cfg, runs=True, mesh=mesh)
+        st = loop._stack([train.create_train_state(jax.tree.map(np.asarray, {"params": s.params, "batch_stats": s.batch_stats}),
+                                                   tx, seed, s.masks, mesh) for seed, s in enumerate(states[:runs])], mesh)
+        for _ in range(2):
+            st, _ = many.train_step(st, x, y)
+        kernel = st.params["head"]["kernel"]
+        assert kernel.sharding.spec[0] == "runs" and len(kernel.sharding.device_set) == 4, kernel.sharding
+        assert {sh.data.shape[0] for sh in kernel.addressable_shards} == {runs // shape[0]}
+        ev = many.evaluate(st.params, st.batch_stats, st.masks, *devices.put_replicated((ds.test_images, ds.test_labels), mesh))
+        for i in range(runs):
+            diff = max(float(np.abs(np.asarray(a) - np.asarray(b)[i]).max())
+                       for a, b in zip(jax.tree.leaves((alone[i].params, alone[i].batch_stats)),
+                                       jax.tree.leaves((st.params, st.batch_stats))))
+            print(f"runs {runs} mesh {shape}: run {i} max diff {diff:.2e}")
+            assert diff < 1e-9, diff
+            e1 = one.evaluate(alone[i].params, alone[i].batch_stats, alone[i].masks, ds.test_images, ds.test_labels)
+            assert float(ev["test_acc"][i]) == float(e1["test_acc"])
+    jax.config.update("jax_enable_x64", False)
+
+    # A study whose 4 one-shot phases are one group, sharded 4 ways, against
+    # --parallel-runs 1 on one device: the same rows, within float32 tolerance
+    # (a batched convolution rounds differently, and training amplifies it).
+    small = ["--data", "synthetic:1024,256", "--no-progress"]
+    assert cli.main(["train", "--preset", "smoke", "--epochs", "1", "--devices", "1", "--workdir", "ROOT/base", *small]) == 0
+    common = ["study", "--preset", "smoke", "--baseline", "ROOT/base", "--methods", "magnitude", "--targets",
+              "0.5", "0.75", "0.875", "0.9", "--schedules", "oneshot", "--no-report", *small]
+    assert cli.main([*common, "--devices", "1", "--workdir", "ROOT/one"]) == 0
+    assert cli.main([*common, "--parallel-runs", "4", "--devices", "4", "--workdir", "ROOT/four"]) == 0
+    rows = {n: list(csv.DictReader(open(f"ROOT/{n}/results.csv"))) for n in ("one", "four")}
+    assert len(rows["one"]) == len(rows["four"]) == 5
+    for a, b in zip(rows["one"], rows["four"]):
+        assert (a["target"], a["epoch"], a["sparsity"]) == (b["target"], b["epoch"], b["sparsity"])
+        print(a["target"], a["train_loss"], b["train_loss"], a["test_acc"], b["test_acc"])
+        assert abs(float(a["train_loss"]) - float(b["train_loss"])) <= 0.01 * float(a["train_loss"])
+        assert abs(float(a["test_acc"]) - float(b["test_acc"])) <= 0.06
+    # Each phase's checkpoint restores on one device (the CLI's evaluate).
+    assert cli.main(["evaluate", "ROOT/four/oneshot-magnitude-0.875/round-01"]) == 0
+    print("ok")
+""")
+
+
+def test_runs_sharded_over_four_cpu_devices_match_one(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    script = RUNS_OVER_DEVICES.replace("ROOT", str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    print(result.stdout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ok" in result.stdout
+
+
+@pytest.mark.parametrize("devices_, runs, message", [
+    (3, 2, "use a multiple of 2 devices, or one that divides it"),
+    (2, 3, "use a device count that divides 3, or a multiple of it"),
+])
+def test_devices_and_parallel_runs_that_do_not_fit_are_refused(devices_, runs, message):
+    from jaxprune import devices as devices_lib
+    with pytest.raises(devices_lib.LayoutError, match=message):
+        devices_lib.layout(devices_, runs, 64, available=4)
+    assert devices_lib.layout(0, 3, 64, available=4) == (3, 1)  # auto takes what fits
+    assert devices_lib.layout(0, 2, 64, available=8) == (2, 4)
+    assert devices_lib.layout(6, 3, 64, available=8) == (3, 2)
+    with pytest.raises(devices_lib.LayoutError, match="does not split evenly over 3 devices per run"):
+        devices_lib.layout(6, 2, 64, available=8)
