@@ -26,7 +26,9 @@ def free_port() -> int:
 
 def start_job(args, n, root, tag="p", devices_per_process=1):
     """Starts the CLI as an n-process job on this machine; each process's output goes to root/<tag><i>.out."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+    # JAX_PLATFORMS=cpu: these are forced host devices; on a GPU machine the
+    # default backend would otherwise be its one GPU.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
     port = free_port()
     return [
         subprocess.Popen(
@@ -81,7 +83,7 @@ def test_two_processes_run_one_study_survive_a_lost_host_and_match_one_process(t
 
     # The same study in one process over 2 devices: each run is on a device of
     # its own, as in the job, so the numbers are the same programs' (seen: equal).
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     one = subprocess.run([*CLI, *STUDY, "--workdir", str(tmp_path / "one")], env=env, capture_output=True,
                          text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]

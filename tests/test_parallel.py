@@ -154,7 +154,9 @@ DATA_PARALLEL = textwrap.dedent("""
 def test_data_parallel_over_two_cpu_devices_matches_one(tmp_path):
     # Compared in float64 for the params (see the script): in float32 a ReLU
     # kink crossed by rounding makes 1 vs 2 devices differ by ~1e-2 (jax 0.6).
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    # JAX_PLATFORMS=cpu: these are forced host devices; on a GPU machine the
+    # default backend would otherwise be its one GPU.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     script = DATA_PARALLEL.replace("RUNDIR", str(tmp_path / "dp"))
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -243,7 +245,7 @@ RUNS_OVER_DEVICES = textwrap.dedent("""
 
 
 def test_runs_sharded_over_four_cpu_devices_match_one(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     script = RUNS_OVER_DEVICES.replace("ROOT", str(tmp_path))
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     print(result.stdout)

@@ -183,7 +183,9 @@ def test_a_torn_results_csv_is_rebuilt_by_the_report(tmp_path):
 
 def test_a_baseline_from_two_devices_restores_on_one(tmp_path):
     base = tmp_path / "base"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    # JAX_PLATFORMS=cpu: these are forced host devices; on a GPU machine the
+    # default backend would otherwise be its one GPU.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     trained = subprocess.run([*PY, "train", "--preset", "smoke", "--epochs", "1", "--devices", "2",
                               "--workdir", str(base), "--no-progress"], env=env, capture_output=True, text=True,
                              timeout=600)
