@@ -257,11 +257,7 @@ def load_for_export(path: str | os.PathLike, which: str = "best") -> tuple[Any, 
     cfg = config_lib.from_dict(config_lib.TrainConfig, meta["config"])
     # Restore onto one device whatever the run trained on, as `jaxprune evaluate` does.
     abstract = train.abstract_state(dataclasses.replace(cfg, devices=1))
-    if hasattr(checkpoint, "restore_model"):  # checkpoints that keep the model apart from optimizer state
-        model, _ = checkpoint.restore_model(folder, epoch, checkpoint.abstract_model(abstract))
-    else:  # whole-TrainState checkpoints (jaxprune 0.1.0's layout)
-        state, _ = checkpoint.restore(folder, epoch, abstract)
-        model = {k: getattr(state, k) for k in ("params", "batch_stats", "masks")}
+    model, _ = checkpoint.restore_model(folder, epoch, checkpoint.abstract_model(abstract))
     model = jax.device_get(model)
     return model["params"], model["batch_stats"], model["masks"], meta["config"], meta
 
