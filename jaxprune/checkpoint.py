@@ -26,9 +26,11 @@ aside, dropping optimizer state) are process 0's, each followed by a barrier.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,6 +39,7 @@ import orbax.checkpoint as ocp
 from jaxprune import hosts
 
 KIND = "jaxprune-checkpoint"
+_skipped: set[str] = set()  # steps a read-only reader has reported unreadable in this process
 MODEL, TRAIN, META = "model", "train", "meta"
 MODEL_FIELDS = ("params", "batch_stats", "masks")
 TRAIN_FIELDS = ("opt_state", "step", "key")
@@ -48,6 +51,33 @@ class CheckpointError(ValueError):
 
 def warn(message: str) -> None:
     print(f"jaxprune: {message}", file=sys.stderr)
+
+
+def _quiet_closed_loop(report, _default=sys.unraisablehook) -> None:
+    """Drops the 'Event loop is closed' errors that TensorStore's callbacks raise
+    after Orbax gives up reading a damaged step (~160 tracebacks, which would bury
+    the one line saying it was set aside); anything else is reported as before."""
+    if isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed":
+        return
+    _default(report)
+
+
+sys.unraisablehook = _quiet_closed_loop
+
+
+class _QuietFailedReads(logging.Filter):
+    """Drops asyncio's 'Task/Future exception was never retrieved' for Orbax's reads
+    of a damaged step: the error is already reported once, as the step is set aside."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        unretrieved = text.startswith(("Task exception was never retrieved", "Future exception was never retrieved"))
+        return not (unretrieved and any(w in text for w in ("async_deserialize", "DATA_LOSS", "OCDBT")))
+
+
+logging.getLogger("asyncio").addFilter(_QuietFailedReads())
+# Orbax's abandoned reads of such a step; jaxprune itself has no coroutines.
+warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
 
 
 def _split(state: Any) -> tuple[dict, dict]:
@@ -164,24 +194,29 @@ class RunCheckpoints:
 
     # ------------------------------------------------------------ damage
 
-    def set_aside(self, epoch: int, error: BaseException) -> None:
-        """Reports an unreadable step in one line and moves it to ``<epoch>.damaged``
-        (read-only: only reports), so later saves and listings skip it."""
+    def set_aside(self, epoch: int, error: BaseException | None = None, label: str = "damaged") -> None:
+        """Moves a step to ``<epoch>.<label>`` so later saves and listings skip it, and
+        says so in one line: an unreadable step (`error`), or an intact one a restart
+        from scratch would overwrite (label 'superseded'). Read-only: only reports."""
         self._metas.pop(epoch, None)
         step = self.directory / str(epoch)
+        why = f"cannot be read ({_first_line(error)})" if error is not None else "is from before a restart"
         if self.read_only:
-            self.log(f"checkpoint {step} cannot be read ({_first_line(error)}); skipped")
+            # Each reader (locate, read_meta, restore) opens the folder: say it once.
+            if str(step) not in _skipped:
+                _skipped.add(str(step))
+                self.log(f"checkpoint {step} {why}; skipped")
             return
-        aside = step.with_name(f"{epoch}.damaged")
+        aside = step.with_name(f"{epoch}.{label}")
         n = 1
         while aside.exists():
             n += 1
-            aside = step.with_name(f"{epoch}.damaged-{n}")
+            aside = step.with_name(f"{epoch}.{label}-{n}")
         if hosts.primary():
             step.rename(aside)
         hosts.sync("jaxprune-checkpoint-set-aside")
         self._manager.reload()
-        self.log(f"checkpoint {step} cannot be read ({_first_line(error)}); moved aside to {aside.name}")
+        self.log(f"checkpoint {step} {why}; moved aside to {aside.name}")
 
     def _clean_temporaries(self) -> None:
         """Removes the partial steps and items that a killed save leaves behind."""
@@ -278,6 +313,10 @@ def locate(path: str | os.PathLike, which: str = "latest") -> tuple[Path, int]:
     if not any(p.name.isdigit() for p in folder.iterdir()):
         raise not_ours
     with RunCheckpoints(folder, read_only=True) as ckpts:
+        if which == "best":
+            # The run's own choice: on its validation split when it held one out.
+            configs = [ckpts.meta(e).get("config") or {} for e in ckpts.epochs()]
+            ckpts.best_metric = "val_acc" if any(c.get("val_split") for c in configs) else "test_acc"
         epoch = ckpts.best() if which == "best" else ckpts.latest()
     if epoch is None:
         raise not_ours

@@ -74,6 +74,7 @@ class _Run:
         # With a validation split the best epoch is chosen on it, not on the test set.
         best = "val_acc" if self.cfg.val_split else "test_acc"
         self.ckpts = checkpoint.RunCheckpoints(self.workdir / "checkpoints", best_metric=best, keep=spec.keep_epochs)
+        self.history: list[dict[str, Any]] = []  # read by the close below, even if resuming fails
         stack.callback(lambda: self.ckpts.close(finished=self.done))
         found = self._resume(train.abstract_state(self.cfg, tx, mesh))
         if found is not None:
@@ -107,6 +108,10 @@ class _Run:
                 self.ckpts.set_aside(epoch, e)
         if self.ckpts.epochs():
             self.ckpts.log(f"{self.workdir}: no epoch to resume from; training again from the start")
+            # The intact epochs left (a best one, a rewind point) would be
+            # overwritten by the new run's: keep them, out of its way.
+            for epoch in self.ckpts.epochs():
+                self.ckpts.set_aside(epoch, label="superseded")
         return None
 
     @property

@@ -541,7 +541,12 @@ def write_report(workdir: str | os.PathLike, outdir: str | os.PathLike | None = 
     workdir = Path(workdir)
     df = read_results(workdir)
     outdir = Path(outdir) if outdir else (workdir if workdir.is_dir() else workdir.parent) / "report"
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        (outdir / ".write-test").touch()
+        (outdir / ".write-test").unlink()
+    except OSError as e:
+        raise ReportError(f"cannot write the report into {outdir} ({e.strerror or e}); give a writable --out") from None
     lay = _Layout(df)
     made = figures(lay, outdir)
     texts = tables(lay, outdir)

@@ -66,7 +66,11 @@ def locked(directory: str | os.PathLike) -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             hosts.agree(False)
-            if fd is None or e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if fd is None:  # a file in the way, a read-only or missing parent, /proc...
+                raise RunDirError(
+                    f"cannot use {directory} as a directory ({e.strerror or e}); give a writable --workdir"
+                ) from None
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             raise RunDirError(
@@ -127,8 +131,21 @@ def append_csv_row(path: Path, fields: Sequence[str], row: dict[str, Any]) -> No
 
 
 def read_record(directory: Path) -> dict[str, Any] | None:
+    """DIR/config.json, or None when there is none; RunDirError when it is not jaxprune's."""
     path = Path(directory) / CONFIG
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path} cannot be read ({e}); restore it, or use another --workdir") from None
+    if not isinstance(record, dict) or not isinstance(record.get("identity"), dict):
+        raise RunDirError(f"{path} is not a jaxprune run's or study's config; use another --workdir")
+    return record
+
+
+def _short(text: str, n: int = 100) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def claim(directory: Path, cfg, extra: dict | None = None, *, record_extra: dict | None = None) -> None:
@@ -141,14 +158,27 @@ def claim(directory: Path, cfg, extra: dict | None = None, *, record_extra: dict
     # Through JSON, so tuples compare equal to the lists read back.
     current = json.loads(json.dumps({"config": config_lib.identity(cfg), **(extra or {})}))
     saved = read_record(directory)
+    study = record_extra is not None and "phases" in record_extra
     if saved is not None:
-        diffs = config_lib.differences(saved.get("identity", {}), current)
+        if ("phases" in saved) != study:
+            held, wanted = ("a study", "a training run") if "phases" in saved else ("a training run", "a study")
+            raise RunDirError(f"{directory} holds {held}, not {wanted}; use another --workdir")
+        diffs = config_lib.differences(saved["identity"], current)
         if diffs:
             raise RunDirError(
-                f"{directory} holds a different run ({'; '.join(diffs[:3])}); "
+                f"{directory} holds a different run ({'; '.join(_short(d) for d in diffs[:3])}); "
                 "use another --workdir or the same settings"
             )
         return
+    # config.json is written before anything else, so a directory with other
+    # contents and none is someone else's (or had it deleted): training there
+    # would set its files aside or overwrite them.
+    others = sorted(p.name for p in Path(directory).iterdir() if p.name not in (LOCK, CONFIG + ".tmp"))
+    if others:
+        raise RunDirError(
+            f"{directory} is not empty ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) and has no "
+            f"{CONFIG}, so it is not a jaxprune run's; use a new or empty --workdir"
+        )
     record = {
         "config": config_lib.to_dict(cfg), "identity": current, **(record_extra or {}),
         "jaxprune_version": jaxprune.__version__,

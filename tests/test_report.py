@@ -3,6 +3,7 @@ the equal-compute table, the figures, and damaged files. Fixtures are CSVs with 
 
 import csv
 import math
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +91,17 @@ def test_report_from_a_small_fixture(tmp_path):
 def test_report_without_results_is_a_one_line_error(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "no results.csv" in capsys.readouterr().err
+
+
+def test_report_into_a_place_it_cannot_write_is_a_one_line_error(tmp_path, capsys):
+    write_results(tmp_path, [dict(zip(OLD_FIELDS, ("baseline", "", 0.0, 0, 0.0, 1, 0.5, 0.1, 0.9, 1.0)))],
+                  OLD_FIELDS)
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", Path("/proc/jaxprune-report")):
+        assert cli.main(["report", str(tmp_path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"cannot write the report into {out}" in err[0], err
+    assert (tmp_path / "afile").read_text() == ""
 
 
 def aggregation_rows():

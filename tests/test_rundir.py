@@ -284,3 +284,75 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_results(t
     assert strip(read_rows(results)) == strip(expected)
     for folder in killed.rglob("checkpoints"):
         assert not list(folder.glob("*.orbax-checkpoint-tmp*"))  # no temporaries left behind
+
+
+# ---------------------------------------------------------------- directories that are not this run's
+
+
+def _tiny_cfg(**kw):
+    return config.TrainConfig(**{**config.TRAIN_PRESETS["smoke"], "data": "synthetic:256,64", "epochs": 2,
+                                 "progress": False, **kw})
+
+
+def test_a_directory_without_config_json_is_refused_and_left_untouched(tmp_path, capsys):
+    from jaxprune import loop
+
+    run = tmp_path / "run"
+    loop.train_and_evaluate(_tiny_cfg(), run)
+    (run / "config.json").unlink()  # as a user tidying up, or another tool's directory
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    code = cli.main(["train", "--preset", "smoke", "--data", "synthetic:256,64", "--epochs", "2",
+                     "--width", "8", "--no-progress", "--workdir", str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "has no config.json, so it is not a jaxprune run's" in err[0]
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before
+
+
+@pytest.mark.parametrize("text, words", [("{bad", "cannot be read"), ("[]", "is not a jaxprune run's or study's config"),
+                                         ('{"config": {}}', "is not a jaxprune run's or study's config")])
+def test_a_damaged_or_foreign_config_json_is_one_line(tmp_path, capsys, text, words):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(text)
+    code = cli.main(["train", "--preset", "smoke", "--no-progress", "--workdir", str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and words in err[0], err
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json"]
+
+
+def test_a_study_directory_is_not_a_training_run_and_back(tmp_path, capsys):
+    run, st = tmp_path / "run", tmp_path / "study"
+    run.mkdir(), st.mkdir()
+    rundir.claim(run, _tiny_cfg())
+    rundir.claim(st, config.study_preset("smoke"), record_extra={"phases": []})
+    assert cli.main(["study", "--preset", "smoke", "--no-progress", "--workdir", str(run)]) == 2
+    assert "holds a training run, not a study" in capsys.readouterr().err
+    assert cli.main(["train", "--preset", "smoke", "--no-progress", "--workdir", str(st)]) == 2
+    assert "holds a study, not a training run" in capsys.readouterr().err
+
+
+def test_a_restart_from_scratch_keeps_the_intact_epochs_aside(tmp_path, capsys):
+    # A finished run keeps no optimizer state; if its final epoch is damaged it
+    # must train again, and the intact epoch kept beside it (here a rewind
+    # point) is moved aside, not overwritten.
+    from jaxprune import loop
+
+    run = tmp_path / "run"
+    cfg = _tiny_cfg(epochs=3)
+    loop.train_runs([loop.RunSpec(cfg, run, keep_epochs=(1,))])
+    ckpts = run / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["1", "3"]
+    kept = {p.relative_to(ckpts / "1"): p.read_bytes() for p in (ckpts / "1").rglob("*") if p.is_file()}
+    (ckpts / "3" / "model" / "manifest.ocdbt").write_bytes(b"garbage")
+    capsys.readouterr()
+    loop.train_runs([loop.RunSpec(cfg, run, keep_epochs=(1,))])
+    err = capsys.readouterr().err.strip().splitlines()
+    # One line each, and none of the ~160 tracebacks Orbax's abandoned reads print.
+    assert len(err) == 3 and all(line.startswith("jaxprune: ") for line in err), err
+    assert "moved aside to 3.damaged" in err[0] and "moved aside to 1.superseded" in err[2]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["1", "1.superseded", "3", "3.damaged"]
+    aside = {p.relative_to(ckpts / "1.superseded"): p.read_bytes()
+             for p in (ckpts / "1.superseded").rglob("*") if p.is_file()}
+    assert aside == kept
+    assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2, 3]

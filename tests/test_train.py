@@ -175,6 +175,19 @@ def test_retention_keeps_latest_and_best_and_drops_optimizer_state(tmp_path):
     assert not (tmp_path / "4" / checkpoint.TRAIN).exists() and (tmp_path / "4" / checkpoint.MODEL).is_dir()
 
 
+
+@pytest.mark.parametrize("val_split, best", [(0, 2), (64, 3)])
+def test_locate_best_uses_the_metric_the_run_chose_by(tmp_path, val_split, best):
+    # Held-out validation picks epoch 3; the test set would pick epoch 2.
+    with checkpoint.RunCheckpoints(tmp_path, best_metric="val_acc" if val_split else "test_acc",
+                                   keep=(1, 2, 3)) as ck:
+        for epoch, test, val in [(1, 0.5, 0.5), (2, 0.9, 0.6), (3, 0.8, 0.7), (4, 0.4, 0.4)]:
+            ck.save(epoch, small_state(epoch), {"metrics": {"test_acc": test, "val_acc": val},
+                                                "config": {"val_split": val_split}})
+    assert checkpoint.locate(tmp_path, "best") == (tmp_path.absolute(), best)
+    assert checkpoint.locate(tmp_path, "latest")[1] == 4
+
+
 CIFAR10_DIR = os.environ.get("JAXPRUNE_CIFAR10_DIR")
 
 
