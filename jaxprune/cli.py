@@ -62,8 +62,8 @@ def _add_config_options(parser: argparse.ArgumentParser, cls, prefix: str = "", 
 
 def _show(value) -> str:
     if isinstance(value, tuple):
-        return " ".join(map(str, value))
-    return str(value)
+        value = " ".join(map(str, value))
+    return "none" if value == "" else str(value)
 
 
 def _overrides(args: argparse.Namespace, cls, prefix: str = "") -> dict[str, Any]:
@@ -129,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = result.history[-1]
     if hosts.primary():
         print(
-            f"{workdir}: {len(result.history)} epochs, final test accuracy "
+            f"{workdir}: {len(result.history)} epoch{'s' * (len(result.history) != 1)}, final test accuracy "
             f"{100 * last['test_acc']:.2f}%, best {100 * result.best_test_acc:.2f}%"
         )
     return 0
@@ -232,7 +232,9 @@ def _join_job(args: argparse.Namespace) -> None:
         if given:
             raise UsageError(f"--{given[0].replace('_', '-')} needs --distributed")
         return
-    if args.num_processes < 0 or (args.num_processes and not -1 <= args.process_id < args.num_processes):
+    if args.num_processes < 0:
+        raise UsageError(f"--num-processes must be >= 1 (0 = from the environment), got {args.num_processes}")
+    if args.num_processes and not -1 <= args.process_id < args.num_processes:
         raise UsageError(f"--process-id must be in 0..{args.num_processes - 1}, got {args.process_id}")
     from jaxprune import hosts
 
@@ -290,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="study directory (default: runs/study-... named by the settings)")
     p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     _add_config_options(p, config_lib.StudyConfig)
-    _add_config_options(p, config_lib.TrainConfig, exclude=("epochs",))
+    # The study sets these per phase (a round's epochs, gradual sparsities, lr-rewind's offset).
+    _add_config_options(p, config_lib.TrainConfig, exclude=("epochs", "prune_to", "prune_from", "schedule_start"))
     _add_distributed_options(p)
 
     p = sub.add_parser(

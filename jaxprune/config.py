@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from typing import Any
 
@@ -167,13 +168,17 @@ class TrainConfig:
             raise ConfigError(f"--val-split must be >= 0 (images), got {self.val_split}")
         if self.train_subset < 0:
             raise ConfigError(f"--train-subset must be >= 0, got {self.train_subset}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"--lr must be a finite number > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         _check_choices(self)
+        if self.exclude:
+            from jaxprune import train  # late: it checks the patterns against the model's kernels
+
+            train.check_exclude(self)
         return self
 
 
@@ -384,6 +389,13 @@ class StudyConfig:
             )
         if not self.methods or not self.schedules:
             raise ConfigError("--methods and --schedules each need at least one value")
+        if set(self.schedules) == {"gradual"} and "retrain" not in self.retrain:
+            raise ConfigError("--schedules gradual prunes during a retrain from scratch only; add retrain to --retrain")
+        # Set per phase by the study; a baseline pruned or rescheduled by hand
+        # would meet its rounds at the wrong sparsity or learning rate.
+        for name in ("prune_to", "prune_from", "schedule_start"):
+            if getattr(self.train, name):
+                raise ConfigError(f"--{name.replace('_', '-')} is set by the study for each phase; leave it unset")
         return self
 
     def phase(self, epochs: int, seed: int, **changes) -> TrainConfig:

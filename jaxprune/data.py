@@ -80,7 +80,9 @@ class Dataset:
 
     def subset(self, n_train: int) -> "Dataset":
         """The first `n_train` training images (the test split is kept whole)."""
-        if not n_train or n_train >= len(self.train_labels):
+        if n_train > len(self.train_labels):
+            raise DataError(f"--train-subset {n_train} is more than the {len(self.train_labels)} training images")
+        if not n_train or n_train == len(self.train_labels):
             return self
         return dataclasses.replace(
             self,

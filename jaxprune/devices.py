@@ -52,7 +52,10 @@ def layout(n_devices: int = 0, run_axis: int = 1, batch_size: int = 0, available
 
     if n_devices:
         if n_devices > available:
-            raise LayoutError(f"--devices {n_devices} but only {available} devices are present")
+            raise LayoutError(
+                f"--devices {n_devices} but only {available} "
+                f"{'device is' if available == 1 else 'devices are'} present"
+            )
         if n_devices <= run_axis and run_axis % n_devices:
             raise LayoutError(
                 f"--parallel-runs {run_axis} does not split over --devices {n_devices}: "

@@ -209,7 +209,8 @@ def _download(archive: Archive, dest: Path, progress: bool, timeout: float) -> N
 def _verify_local(path: Path, archive: Archive, progress: bool, what: str, advice: str) -> None:
     """Checks a local archive's size (before reading it) and hashes; raises DataError unless they match."""
     if not path.is_file():
-        raise DataError(f"{what}: no such file; {advice}")
+        kind = "a directory, not the archive file" if path.is_dir() else "no such file"
+        raise DataError(f"{what}: {kind}; {advice}")
     _check_size(path.stat().st_size, archive, what, advice)
     try:
         with open(path, "rb") as f:

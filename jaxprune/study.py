@@ -391,6 +391,8 @@ def run_study(cfg: config_lib.StudyConfig, workdir: str | Path, *, log: Callable
 
 
 def _size(n_bytes: float) -> str:
+    if n_bytes < 1e6:
+        return "under 1 MB"
     return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
 
 
@@ -421,7 +423,8 @@ def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None,
     epochs = [phase_config(cfg, p).epochs for p in phases]
     to_train = sum(e for p, e in zip(phases, epochs) if p.name not in done)
     log(
-        f"study: {len(phases)} phases ({n_done} finished), {to_train} of {sum(epochs)} epochs to train, "
+        f"study: {len(phases)} phase{'s' * (len(phases) != 1)} ({n_done} finished), {to_train} of "
+        f"{sum(epochs)} epochs to train, "
         f"in {workdir}; about {disk} on disk when the study is done"
     )
     while pending:

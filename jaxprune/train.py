@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from jaxprune import config as config_lib, data, devices, masks as masks_lib
-from jaxprune.models import ResNet18
+from jaxprune.models import ResNet18, init_variables
 
 
 @flax.struct.dataclass
@@ -102,6 +102,31 @@ def make_optimizer(cfg: config_lib.TrainConfig, steps_per_epoch: int) -> optax.G
 def mask_filter(cfg: config_lib.TrainConfig):
     """Which leaves may be pruned: conv and dense kernels, minus cfg.exclude."""
     return masks_lib.exclude(*cfg.exclude) if cfg.exclude else None
+
+
+@functools.lru_cache(maxsize=16)
+def _prunable_count(width: int, patterns: tuple[str, ...]) -> tuple[int, int]:
+    """(kernels prunable, kernels in all) of ResNet18 at `width` with `patterns` excluded (shapes only)."""
+    model = ResNet18(num_classes=data.NUM_CLASSES, width=width)
+    params = jax.eval_shape(lambda: init_variables(model, 0))["params"]
+    keep = masks_lib.exclude(*patterns) if patterns else masks_lib.default_filter
+    flags = jax.tree.leaves(masks_lib.prunable(params, keep))
+    return sum(flags), sum(jax.tree.leaves(masks_lib.prunable(params)))
+
+
+def check_exclude(cfg: config_lib.TrainConfig) -> None:
+    """Raises ConfigError when an --exclude pattern names no kernel (a typo would
+    silently prune everything) or the patterns leave no kernel to prune."""
+    if not cfg.exclude:
+        return
+    for pattern in cfg.exclude:
+        if _prunable_count(cfg.width, (pattern,))[0] == _prunable_count(cfg.width, ())[0]:
+            raise config_lib.ConfigError(
+                f"--exclude {pattern!r} matches no kernel; kernels are named like stem_conv/kernel, "
+                "layer1_0/conv1/kernel, layer2_0/shortcut_conv/kernel, head/kernel"
+            )
+    if _prunable_count(cfg.width, tuple(cfg.exclude))[0] == 0:
+        raise config_lib.ConfigError(f"--exclude {' '.join(cfg.exclude)} leaves no kernel to prune")
 
 
 def _new_state(

@@ -67,3 +67,36 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, words):
     assert len(lines) == 1, result.stderr
     assert words in lines[0]
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["train", "--workdir", "/proc/jaxprune-no-such-dir"], "cannot use /proc/jaxprune-no-such-dir as a directory"),
+        (["train", "--workdir", "{tmp}/afile"], "as a directory (File exists)"),
+        (["study", "--workdir", "{tmp}/afile"], "as a directory (File exists)"),
+        (["train", "--exclude", "stem_conv", "hed", "--workdir", "{tmp}/w"], "--exclude 'hed' matches no kernel"),
+        (["train", "--exclude", "*", "--workdir", "{tmp}/w"], "leaves no kernel to prune"),
+        (["train", "--lr", "inf", "--workdir", "{tmp}/w"], "--lr must be a finite number > 0, got inf"),
+        (["train", "--weight-decay", "nan", "--workdir", "{tmp}/w"], "--weight-decay must be a finite number"),
+        (["train", "--train-subset", "5000", "--workdir", "{tmp}/w"], "--train-subset 5000 is more than the 2048"),
+        (["study", "--schedules", "gradual", "--retrain", "finetune", "--workdir", "{tmp}/w"], "add retrain to --retrain"),
+    ],
+)
+def test_more_mistakes_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, args, words):
+    (tmp_path / "afile").write_text("")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert cli.main([args[0], "--preset", "smoke", "--no-progress", *args[1:]]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], lines
+    assert not (tmp_path / "w").exists() and (tmp_path / "afile").read_text() == ""
+
+
+def test_the_study_does_not_offer_what_it_sets_per_phase(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["study", "--preset", "smoke", "--prune-to", "0.8"])
+    assert e.value.code == 2 and "unrecognized arguments: --prune-to 0.8" in capsys.readouterr().err
+    from jaxprune import config
+
+    with pytest.raises(config.ConfigError, match="--schedule-start is set by the study"):
+        config.study_preset("smoke", train={"schedule_start": 3}).validate()
