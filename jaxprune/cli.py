@@ -149,22 +149,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from jaxprune import report, study
+    from jaxprune import hosts, study
 
     cfg = study_config(args).validate()
     workdir = Path(args.workdir) if args.workdir else default_study_workdir(cfg)
-    from jaxprune import hosts
-
     results = study.run_study(cfg, workdir, log=print if hosts.primary() else lambda _: None)
     if hosts.primary():  # the job's files are process 0's
         if not args.no_report:
-            print(f"report: {report.write_report(workdir)}")
+            try:  # pandas and scipy, imported only now: a machine without them still trains
+                from jaxprune import report
+            except ImportError as e:
+                print(f"jaxprune study: report skipped ({e}); install pandas and scipy, then run "
+                      f"`jaxprune report {workdir}`", file=sys.stderr)
+            else:
+                print(f"report: {report.write_report(workdir)}")
         print(f"results: {results}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from jaxprune import report
+    try:
+        from jaxprune import report
+    except ImportError as e:
+        raise UsageError(f"the report needs pandas and scipy ({e}); install them") from None
 
     path = report.write_report(args.workdir, args.out)
     print(f"report: {path}")
@@ -370,7 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     enable_compilation_cache()
     from jaxprune.checkpoint import CheckpointError
     from jaxprune.data import DataError
-    from jaxprune.report import ReportError
+    try:
+        from jaxprune.report import ReportError
+    except ImportError:  # no pandas or scipy here: every command but report still works
+        ReportError = UsageError
     from jaxprune.study import StudyError
     from jaxprune.interrupt import Interrupted, stop_at_safe_points
     from jaxprune.rundir import RunDirError

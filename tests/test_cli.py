@@ -100,3 +100,16 @@ def test_the_study_does_not_offer_what_it_sets_per_phase(capsys):
 
     with pytest.raises(config.ConfigError, match="--schedule-start is set by the study"):
         config.study_preset("smoke", train={"schedule_start": 3}).validate()
+
+
+def test_a_study_trains_without_pandas_and_says_how_to_report(tmp_path):
+    # The GPU machine's image has no pandas: the study must still train and keep
+    # its results. In a fresh process, where `import pandas` is made to fail.
+    w = tmp_path / "s"
+    args = ["study", "--preset", "smoke", "--data", "synthetic:256,64", "--baseline-epochs", "1", "--round-epochs", "1",
+            "--methods", "magnitude", "--targets", "0.5", "--schedules", "oneshot", "--no-progress", "--workdir", str(w)]
+    script = f"import sys; sys.modules['pandas'] = None; from jaxprune import cli; sys.exit(cli.main({args!r}))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "jaxprune study: report skipped" in result.stderr and f"jaxprune report {w}" in result.stderr
+    assert len(list(csv.DictReader(open(w / "results.csv")))) == 2 and not (w / "report").exists()
