@@ -39,10 +39,16 @@ import orbax.checkpoint as ocp
 from jaxprune import hosts
 
 KIND = "jaxprune-checkpoint"
-_skipped: set[str] = set()  # steps a read-only reader has reported unreadable in this process
 MODEL, TRAIN, META = "model", "train", "meta"
 MODEL_FIELDS = ("params", "batch_stats", "masks")
 TRAIN_FIELDS = ("opt_state", "step", "key")
+_skipped: set[str] = set()  # steps a read-only reader has reported unreadable in this process
+
+
+def selection_metric(val_split: int) -> str:
+    """The metric a run's best epoch is chosen by: validation accuracy when it held
+    out a validation split, else test accuracy (the write-up's)."""
+    return "val_acc" if val_split else "test_acc"
 
 
 class CheckpointError(ValueError):
@@ -316,7 +322,7 @@ def locate(path: str | os.PathLike, which: str = "latest") -> tuple[Path, int]:
         if which == "best":
             # The run's own choice: on its validation split when it held one out.
             configs = [ckpts.meta(e).get("config") or {} for e in ckpts.epochs()]
-            ckpts.best_metric = "val_acc" if any(c.get("val_split") for c in configs) else "test_acc"
+            ckpts.best_metric = selection_metric(max((c.get("val_split") or 0 for c in configs), default=0))
         epoch = ckpts.best() if which == "best" else ckpts.latest()
     if epoch is None:
         raise not_ours

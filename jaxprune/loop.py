@@ -71,9 +71,8 @@ class _Run:
         self.spec, self.cfg, self.workdir = spec, spec.cfg, Path(spec.workdir)
         stack.enter_context(rundir.locked(self.workdir))
         rundir.claim(self.workdir, self.cfg, spec.identity)
-        # With a validation split the best epoch is chosen on it, not on the test set.
-        best = "val_acc" if self.cfg.val_split else "test_acc"
-        self.ckpts = checkpoint.RunCheckpoints(self.workdir / "checkpoints", best_metric=best, keep=spec.keep_epochs)
+        self.ckpts = checkpoint.RunCheckpoints(self.workdir / "checkpoints", keep=spec.keep_epochs,
+                                               best_metric=checkpoint.selection_metric(self.cfg.val_split))
         self.history: list[dict[str, Any]] = []  # read by the close below, even if resuming fails
         stack.callback(lambda: self.ckpts.close(finished=self.done))
         found = self._resume(train.abstract_state(self.cfg, tx, mesh))

@@ -104,14 +104,17 @@ def mask_filter(cfg: config_lib.TrainConfig):
     return masks_lib.exclude(*cfg.exclude) if cfg.exclude else None
 
 
-@functools.lru_cache(maxsize=16)
-def _prunable_count(width: int, patterns: tuple[str, ...]) -> tuple[int, int]:
-    """(kernels prunable, kernels in all) of ResNet18 at `width` with `patterns` excluded (shapes only)."""
+@functools.lru_cache(maxsize=4)
+def _abstract_params(width: int) -> dict:
+    """ResNet18's params at `width` as ShapeDtypeStructs (no compute)."""
     model = ResNet18(num_classes=data.NUM_CLASSES, width=width)
-    params = jax.eval_shape(lambda: init_variables(model, 0))["params"]
-    keep = masks_lib.exclude(*patterns) if patterns else masks_lib.default_filter
-    flags = jax.tree.leaves(masks_lib.prunable(params, keep))
-    return sum(flags), sum(jax.tree.leaves(masks_lib.prunable(params)))
+    return jax.eval_shape(lambda: init_variables(model, 0))["params"]
+
+
+def _prunable_count(width: int, patterns: tuple[str, ...]) -> int:
+    """Kernels of ResNet18 at `width` that stay prunable with `patterns` excluded."""
+    keep = masks_lib.exclude(*patterns) if patterns else None
+    return sum(jax.tree.leaves(masks_lib.prunable(_abstract_params(width), keep)))
 
 
 def check_exclude(cfg: config_lib.TrainConfig) -> None:
@@ -120,12 +123,12 @@ def check_exclude(cfg: config_lib.TrainConfig) -> None:
     if not cfg.exclude:
         return
     for pattern in cfg.exclude:
-        if _prunable_count(cfg.width, (pattern,))[0] == _prunable_count(cfg.width, ())[0]:
+        if _prunable_count(cfg.width, (pattern,)) == _prunable_count(cfg.width, ()):
             raise config_lib.ConfigError(
                 f"--exclude {pattern!r} matches no kernel; kernels are named like stem_conv/kernel, "
                 "layer1_0/conv1/kernel, layer2_0/shortcut_conv/kernel, head/kernel"
             )
-    if _prunable_count(cfg.width, tuple(cfg.exclude))[0] == 0:
+    if _prunable_count(cfg.width, tuple(cfg.exclude)) == 0:
         raise config_lib.ConfigError(f"--exclude {' '.join(cfg.exclude)} leaves no kernel to prune")
 
 
