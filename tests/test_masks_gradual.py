@@ -40,6 +40,39 @@ def test_polynomial_sparsity_follows_the_formula_and_clamps():
         pytest.approx(0.1), pytest.approx(0.7)]
 
 
+def exact_zhu_gupta(t, initial, final, begin_step, end_step, power=3):
+    """The cubic schedule in exact rational arithmetic (the offset t - t0 exact for any size)."""
+    progress = min(max(Fraction(t - begin_step, end_step - begin_step), Fraction(0)), Fraction(1))
+    return Fraction(final) + (Fraction(initial) - Fraction(final)) * (1 - progress) ** power
+
+
+@pytest.mark.parametrize("t0", [2**24 - 7, 2**31 - 2_000, 2**40, 2_000_000_000])
+def test_polynomial_sparsity_is_exact_for_steps_far_past_float32(t0):
+    # float32(t) - t0 froze at 0 (or jumped) once t passed 2**24; TF-MOT subtracts in integers.
+    span = 1_000
+    window = dict(initial=0.0, final=0.8, begin_step=t0, end_step=t0 + span)
+    steps = [t0 - 1, t0, t0 + 1, t0 + 3, t0 + 250, t0 + 999, t0 + span, t0 + span + 5]
+    want = [float(exact_zhu_gupta(t, **window)) for t in steps]
+    got = [float(polynomial_sparsity(t, **window)) for t in steps]  # Python ints: any size
+    assert got == pytest.approx(want, abs=1e-6)
+    assert got[-2] == pytest.approx(0.8) and got[1] == 0.0 and 0 < got[2] < got[3] < got[4] < got[5]
+    if t0 + span < 2**31:  # a traced int32 step, as in the training loop
+        f = jax.jit(lambda t: polynomial_sparsity(t, **window))
+        assert [float(f(jnp.int32(t))) for t in steps] == pytest.approx(got, abs=1e-6)
+    jax.config.update("jax_enable_x64", True)  # a traced int64 step
+    try:
+        f = jax.jit(lambda t: polynomial_sparsity(t, **window))
+        assert [float(f(jnp.asarray(t, jnp.int64))) for t in steps] == pytest.approx(want, abs=1e-6)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+def test_polynomial_sparsity_with_an_int32_step_never_reaching_the_window_stays_initial():
+    window = dict(initial=0.1, final=0.8, begin_step=2**40, end_step=2**40 + 10)
+    f = jax.jit(lambda t: polynomial_sparsity(t, **window))
+    assert float(f(jnp.int32(2**31 - 1))) == pytest.approx(0.1)
+
+
 def test_update_steps():
     due = jax.jit(lambda t: is_update_step(t, begin_step=10, n=6, delta_t=5))
     assert [t for t in range(60) if bool(due(t))] == [10, 15, 20, 25, 30, 35, 40]

@@ -26,6 +26,7 @@ from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxprune.masks import scores, selection
 from jaxprune.masks.core import Filter, PyTree, _entries, _ranked
@@ -48,6 +49,26 @@ def _window(begin_step: int, end_step: int | None, n: int | None, delta_t: int |
     return begin_step, end_step
 
 
+def _elapsed(step, t0: int, span: int) -> jax.Array:
+    """``clip(step - t0, 0, span)`` computed exactly, in integers, for any integer step.
+
+    A Python or numpy integer is taken exactly (any size); a JAX integer array
+    (traced int32, or int64 under x64) in its own dtype, with `t0` and `span`
+    clamped to its range so nothing overflows (the result fits the dtype); a
+    Python integer as the float32 nearest the exact offset.
+    """
+    if isinstance(step, (int, np.integer)):  # exact in Python; as float32 it is rounded once
+        return jnp.asarray(np.float32(min(max(int(step) - t0, 0), span)))
+    t = jnp.asarray(step)
+    if not jnp.issubdtype(t.dtype, jnp.integer):
+        raise TypeError(f"step must be an integer, got {t.dtype}")
+    top = int(jnp.iinfo(t.dtype).max)
+    if t0 > top:  # a step of this dtype never gets there
+        return jnp.zeros((), t.dtype)
+    # t >= 0 and 0 <= t0 <= top, so t - t0 cannot overflow.
+    return jnp.clip(jnp.maximum(t, 0) - t.dtype.type(t0), 0, min(span, top))
+
+
 def polynomial_sparsity(
     step,
     *,
@@ -62,7 +83,9 @@ def polynomial_sparsity(
     """Zhu & Gupta's schedule: ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n Δt)) ** power``.
 
     Args:
-      step: the training step ``t`` (an int or a traced int32).
+      step: the training step ``t``: a Python int (any size) or an integer
+        array (a traced int32, or int64). ``t - t0`` is taken in integers, so
+        the schedule is exact however long the run.
       initial, final: sparsities ``s_i`` and ``s_f`` in [0, 1] (fractions pruned).
       begin_step: ``t0``, when pruning starts.
       end_step: ``t0 + n Δt``, when it ends; or give `n` and `delta_t` instead.
@@ -78,11 +101,13 @@ def polynomial_sparsity(
             raise ValueError(f"{name} sparsity {value} is outside [0, 1]")
     if power <= 0:
         raise ValueError(f"power must be > 0, got {power}")
-    t = jnp.asarray(step, jnp.float32)
     if t1 == t0:
-        progress = (t >= t0).astype(jnp.float32)
+        progress = (_elapsed(step, t0 - 1, 1) if t0 > 0 else jnp.ones((), jnp.int32)).astype(jnp.float32)
     else:
-        progress = jnp.clip((t - t0) / (t1 - t0), 0.0, 1.0)
+        # The offset from t0 in integers first (as TF-MOT does): a float32 step
+        # is exact only below 2**24, so ``float(t) - t0`` froze or jumped on
+        # long runs. The offset, at most the window's length, is converted last.
+        progress = _elapsed(step, t0, t1 - t0).astype(jnp.float32) / jnp.float32(t1 - t0)
     return jnp.float32(final) + jnp.float32(initial - final) * (1.0 - progress) ** power
 
 
