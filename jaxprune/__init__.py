@@ -12,30 +12,30 @@ The public mask API (see `jaxprune.masks` for the semantics of masks,
     tx = optax.chain(optax.adamw(1e-3), jaxprune.keep_pruned(masks))
 """
 
-from jaxprune.masks import (
-    DISTRIBUTIONS,
-    METHODS,
-    SCORES,
-    SparsityReport,
-    apply_masks,
-    default_filter,
-    exclude,
-    init_masks,
-    keep_pruned,
-    path_str,
-    polynomial_sparsity,
-    prunable,
-    prune,
-    prune_global,
-    prune_layerwise,
-    register_score,
-    sparsity,
-    sparsity_report,
-    update_masks,
-    update_masks_on_device,
-)
-
 __version__ = "0.1.0"
+
+# The mask API is loaded on first use (PEP 562), so `import jaxprune.<module>` stays
+# light: the command line installs its signal handlers before JAX is imported.
+_FROM_MASKS = frozenset({
+    "DISTRIBUTIONS", "METHODS", "SCORES", "SparsityReport", "apply_masks", "default_filter", "exclude",
+    "init_masks", "keep_pruned", "path_str", "polynomial_sparsity", "prunable", "prune", "prune_global",
+    "prune_layerwise", "register_score", "sparsity", "sparsity_report", "update_masks", "update_masks_on_device",
+})
+
+
+def __getattr__(name: str):
+    if name in _FROM_MASKS:
+        from jaxprune import masks
+
+        value = getattr(masks, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jaxprune' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_FROM_MASKS})
+
 
 __all__ = [
     "DISTRIBUTIONS",

@@ -12,11 +12,15 @@ Layout of ``DIR/<epoch>/`` (Orbax items; nothing else in jaxprune touches Orbax)
 - ``meta``: JSON: epoch, metrics, the run's history and config, the jaxprune
   version, and ``kind``.
 
-Saving is asynchronous (the next epoch computes while the last one is
-written); a step appears on disk only once complete, and `close` waits for the
-last save, so a crash leaves the previous complete epoch to resume from. A
-step that cannot be read (a kill or a full disk mid-write) is reported in one
-line and moved aside to ``<epoch>.damaged``; the run goes on from another.
+Saved means saved: `save` starts Orbax's write and `commit` waits for it; an
+epoch counts as kept (latest, best, resumable) only once its write has
+committed and its folder is on disk, and older epochs are deleted only then.
+A write that fails (a full disk or quota, a read-only mount, an I/O error)
+raises `WriteError` with one line naming the folder and the cause, and
+deletes nothing: the rerun resumes from the newest intact epoch. The device
+still computes the next epoch while the host writes (see jaxprune.loop). A
+step that cannot be read (a kill mid-write) is reported in one line and moved
+aside to ``<epoch>.damaged``; the run goes on from another.
 
 In a multi-process job every process calls every method (Orbax writes each
 process's part of a save); the file operations of our own (clean-up, setting
@@ -25,10 +29,13 @@ aside, dropping optimizer state) are process 0's, each followed by a barrier.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import re
 import shutil
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -37,6 +44,7 @@ from typing import Any, Callable
 import orbax.checkpoint as ocp
 
 from jaxprune import hosts
+from jaxprune.faults import fault_point
 
 KIND = "jaxprune-checkpoint"
 MODEL, TRAIN, META = "model", "train", "meta"
@@ -55,6 +63,30 @@ class CheckpointError(ValueError):
     """A path that is not a usable jaxprune checkpoint."""
 
 
+class WriteError(Exception):
+    """A checkpoint could not be written (full disk or quota, read-only mount, I/O
+    error). Nothing was deleted; the message is one line naming the folder and cause."""
+
+
+# The errors that mean "this storage cannot take the write", not a bug.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM)
+
+
+def storage_cause(e: BaseException) -> str | None:
+    """'No space left on device' and the like, if `e` (or what caused it) is a storage
+    failure: an OSError, or TensorStore's error text with its os_error_code."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            return os.strerror(e.errno)
+        code = re.search(r"os_error_code='(\d+)'", str(e))
+        if code and int(code.group(1)) in STORAGE_ERRNOS:
+            return os.strerror(int(code.group(1)))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def warn(message: str) -> None:
     print(f"jaxprune: {message}", file=sys.stderr)
 
@@ -68,9 +100,6 @@ def _quiet_closed_loop(report, _default=sys.unraisablehook) -> None:
     _default(report)
 
 
-sys.unraisablehook = _quiet_closed_loop
-
-
 class _QuietFailedReads(logging.Filter):
     """Drops asyncio's 'Task/Future exception was never retrieved' for Orbax's reads
     of a damaged step: the error is already reported once, as the step is set aside."""
@@ -81,9 +110,25 @@ class _QuietFailedReads(logging.Filter):
         return not (unretrieved and any(w in text for w in ("async_deserialize", "DATA_LOSS", "OCDBT")))
 
 
-logging.getLogger("asyncio").addFilter(_QuietFailedReads())
-# Orbax's abandoned reads of such a step; jaxprune itself has no coroutines.
-warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
+class _QuietOrbax(logging.Filter):
+    """Drops Orbax's own warnings and errors (absl): each failed write logs several
+    tracebacks from its threads, and a read of a damaged step more; jaxprune
+    reports every such failure itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def install_quiet_hooks() -> None:
+    """For the command line: one line per failure instead of Orbax's and TensorStore's tracebacks."""
+    if sys.unraisablehook is not _quiet_closed_loop:
+        sys.unraisablehook = _quiet_closed_loop
+    for name, f in (("asyncio", _QuietFailedReads()), ("absl", _QuietOrbax())):
+        logger = logging.getLogger(name)
+        if not any(type(x) is type(f) for x in logger.filters):
+            logger.addFilter(f)
+    # Orbax's abandoned reads of such a step; jaxprune itself has no coroutines.
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
 
 
 def _split(state: Any) -> tuple[dict, dict]:
@@ -99,10 +144,10 @@ def _first_line(e: BaseException) -> str:
 class RunCheckpoints:
     """The per-epoch checkpoints of one run.
 
-    Keeps the newest complete epoch (to resume from), the best by
+    Keeps the newest committed epoch (to resume from), the best by
     ``metrics[best_metric]`` (higher is better) and the epochs in `keep` (a
     baseline's rewind point); others are deleted once a newer save has
-    completed, so a crash never leaves fewer than one.
+    committed, so neither a crash nor a failed write leaves fewer than one.
 
     read_only=True (evaluation, export, a given baseline) changes nothing on
     disk: damaged steps are skipped with a warning instead of moved aside.
@@ -135,6 +180,8 @@ class RunCheckpoints:
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=None, create=not read_only,
                 enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only,
+                # Its background barriers wait for slow hosts as long as ours do.
+                async_options=ocp.AsyncOptions(timeout_secs=hosts.timeout_s()),
                 # Orbax names its cross-process barriers by step alone: runs saving
                 # the same epoch at once (a vmapped group) need names of their own.
                 multiprocessing_options=ocp.options.MultiprocessingOptions(
@@ -143,7 +190,11 @@ class RunCheckpoints:
             ),
             item_names=(MODEL, TRAIN, META),
         )
-        self._metas: dict[int, dict[str, Any]] = {}
+        self._metas: dict[int, dict[str, Any]] = {}  # committed epochs only
+        self._pending: dict[int, dict[str, Any]] = {}  # writes started, not yet committed
+        self._failed = False  # a write failed: nothing more is written or deleted
+        if not read_only:
+            self._probe(None)  # a read-only mount: one line now, not after an epoch's work
         for epoch in sorted(self._manager.all_steps()):
             try:
                 self._metas[epoch] = self._read_meta(epoch)
@@ -200,13 +251,15 @@ class RunCheckpoints:
 
     # ------------------------------------------------------------ damage
 
-    def set_aside(self, epoch: int, error: BaseException | None = None, label: str = "damaged") -> None:
+    def set_aside(self, epoch: int, error: BaseException | None = None, label: str = "damaged",
+                  why: str | None = None) -> None:
         """Moves a step to ``<epoch>.<label>`` so later saves and listings skip it, and
         says so in one line: an unreadable step (`error`), or an intact one a restart
         from scratch would overwrite (label 'superseded'). Read-only: only reports."""
         self._metas.pop(epoch, None)
         step = self.directory / str(epoch)
-        why = f"cannot be read ({_first_line(error)})" if error is not None else "is from before a restart"
+        if why is None:
+            why = f"cannot be read ({_first_line(error)})" if error is not None else "is from before a restart"
         if self.read_only:
             # Each reader (locate, read_meta, restore) opens the folder: say it once.
             if str(step) not in _skipped:
@@ -239,10 +292,9 @@ class RunCheckpoints:
         if hosts.primary():
             shutil.rmtree(self.directory / str(epoch) / TRAIN, ignore_errors=True)
 
-    def _finish_and_prune(self) -> None:
-        """Waits for pending saves, then deletes every epoch but the latest and
-        the best, and the optimizer state of a best that is not the latest."""
-        self._manager.wait_until_finished()  # only complete epochs count as latest
+    def _prune(self) -> None:
+        """Deletes every committed epoch but the latest, the best and `keep`, and the
+        optimizer state of all but the latest. Only ever after a commit."""
         latest, best = self.latest(), self.best()
         for old in self.epochs():
             if old not in (latest, best) and old not in self.keep:
@@ -253,36 +305,99 @@ class RunCheckpoints:
                 self._drop_train_state(old)
         hosts.sync("jaxprune-checkpoint-pruned")
 
+    def _write_error(self, epoch: int | None, e: BaseException) -> WriteError:
+        cause = storage_cause(e) or _first_line(e)
+        if epoch is None:  # before anything was read or written
+            return WriteError(f"cannot write checkpoints in {self.directory} ({cause}); nothing was changed: "
+                              "make the folder writable (or free space) and rerun the same command")
+        newest = self.latest()
+        kept = f"epoch {newest} is the newest saved" if newest is not None else "no epoch was saved yet"
+        return WriteError(
+            f"cannot write checkpoint {self.directory / str(epoch)} ({cause}); nothing was deleted and {kept}: "
+            "free space (or make the folder writable) and rerun the same command to resume"
+        )
+
+    def _probe(self, epoch: int | None) -> None:
+        """Fails at once, before any write starts, where the folder takes no new file
+        (read-only, no permission, no inodes): Orbax's threads would wait for a
+        folder that never appears."""
+        probe = self.directory / f".write-probe-{socket.gethostname()}-{os.getpid()}"
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+            os.unlink(probe)
+        except OSError as e:
+            self._failed = True
+            raise self._write_error(epoch, e) from None
+
     def save(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
-        """Starts saving `state` (a TrainState) and `meta` as `epoch`; returns before the write ends."""
+        """Starts writing `state` (a TrainState) and `meta` as `epoch`; returns before the
+        write ends. It counts as saved only after `commit`."""
         if self.read_only:
             raise CheckpointError(f"{self.directory} was opened read-only")
-        self._finish_and_prune()
+        if self._failed:
+            raise WriteError(f"{self.directory}: an earlier write failed; rerun the same command to resume")
+        self.commit()  # one write in flight at a time
+        self._probe(epoch)
         meta = {**meta, "epoch": epoch, "kind": KIND}
         model, train = _split(state)
-        self._manager.save(
-            epoch,
-            args=ocp.args.Composite(**{
-                MODEL: ocp.args.StandardSave(model),
-                TRAIN: ocp.args.StandardSave(train),
-                META: ocp.args.JsonSave(meta),
-            }),
-        )
-        self._metas[epoch] = meta
+        try:
+            self._manager.save(
+                epoch,
+                args=ocp.args.Composite(**{
+                    MODEL: ocp.args.StandardSave(model),
+                    TRAIN: ocp.args.StandardSave(train),
+                    META: ocp.args.JsonSave(meta),
+                }),
+            )
+        except Exception as e:
+            if storage_cause(e) is None:
+                raise
+            self._failed = True
+            raise self._write_error(epoch, e) from None
+        self._pending[epoch] = meta
+        fault_point("checkpoint-save-started")
 
-    def wait(self) -> None:
-        self._manager.wait_until_finished()
+    def commit(self) -> None:
+        """Waits for the writes under way; each counts as saved (latest, best, resumable)
+        only once it has committed and its folder is on disk. Then deletes what is no
+        longer kept. On a failed write raises WriteError and deletes nothing."""
+        if not self._pending:
+            return
+        try:
+            self._manager.wait_until_finished()
+            missing = [e for e in self._pending if not (self.directory / str(e)).is_dir()]
+            if missing:
+                raise OSError(errno.EIO, f"step {missing[0]} did not appear after its write")
+        except Exception as e:
+            epoch = max(self._pending)
+            self._pending.clear()
+            self._failed = True
+            if storage_cause(e) is None and not isinstance(e, OSError):
+                raise
+            raise self._write_error(epoch, e) from None
+        for epoch, meta in sorted(self._pending.items()):
+            self._metas[epoch] = meta
+            fault_point("checkpoint-committed")
+        self._pending.clear()
+        self._prune()
 
     def close(self, *, finished: bool = False) -> None:
-        """Waits for the last save and keeps only the latest and best; a finished
-        run keeps no optimizer state at all. Releases Orbax's threads."""
-        if not self.read_only:
-            self._finish_and_prune()
-            if finished:
-                for epoch in self.epochs():
-                    self._drop_train_state(epoch)
-                hosts.sync("jaxprune-checkpoint-finished")
-        self._manager.close()
+        """Commits the last write and keeps only the latest and best; a finished run
+        keeps no optimizer state at all. Releases Orbax's threads. After a failed
+        write it deletes nothing."""
+        try:
+            if not self.read_only and not self._failed:
+                self.commit()
+                if finished:
+                    for epoch in self.epochs():
+                        self._drop_train_state(epoch)
+                    hosts.sync("jaxprune-checkpoint-finished")
+        finally:
+            try:
+                self._manager.close()
+            except Exception:
+                if not self._failed:  # a failed write raises again here; it was reported
+                    raise
 
     def __enter__(self):
         return self

@@ -21,8 +21,13 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from jaxprune import config as config_lib
-from jaxprune import data as data_lib
+from jaxprune import interrupt
+
+if __name__ == "__main__":  # python -m jaxprune.cli: handle signals before JAX is imported
+    interrupt.at_startup()
+
+from jaxprune import config as config_lib  # noqa: E402 (JAX comes with these)
+from jaxprune import data as data_lib  # noqa: E402
 
 EXIT_USAGE = 2
 
@@ -127,6 +132,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir) if args.workdir else default_train_workdir(cfg)
     result = loop.train_and_evaluate(cfg, workdir)
     last = result.history[-1]
+    if result.diverged and cfg.on_divergence == "stop":
+        print(f"jaxprune train: {workdir} diverged at epoch {last['epoch']} (training loss {last['train_loss']}); "
+              "stopped there: lower --lr, or --on-divergence continue to train on", file=sys.stderr)
+        return 1
     if hosts.primary():
         print(
             f"{workdir}: {len(result.history)} epoch{'s' * (len(result.history) != 1)}, final test accuracy "
@@ -164,6 +173,14 @@ def cmd_study(args: argparse.Namespace) -> int:
             else:
                 print(f"report: {report.write_report(workdir)}")
         print(f"results: {results}")
+    bad, skipped = study.casualties(workdir)
+    if bad and cfg.train.on_divergence == "stop":
+        if hosts.primary():
+            print(f"jaxprune study: {len(bad)} phase{'s' * (len(bad) != 1)} diverged ("
+                  + ", ".join(f"{p.name} at epoch {e}" for p, e in bad[:4]) + (", ..." if len(bad) > 4 else "")
+                  + f") and {len(skipped)} descending from them were not trained; they are marked in "
+                  "results.csv and the report. Lower --lr, or --on-divergence continue to train on", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -176,7 +193,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = report.write_report(args.workdir, args.out)
     print(f"report: {path}")
     for p in sorted(path.parent.iterdir()):
-        if p != path:
+        if p != path and not p.name.startswith("."):
             print(f"  {p.name}")
     return 0
 
@@ -229,6 +246,11 @@ def _add_distributed_options(p: argparse.ArgumentParser) -> None:
                    help="with --distributed: how many processes the job has")
     g.add_argument("--process-id", type=int, default=-1, metavar="I",
                    help="with --distributed: this process's index, 0 to N-1 (0 writes the files)")
+    g.add_argument("--host-timeout", type=int, default=None, metavar="SECONDS",
+                   help="how long a process waits for the others (joining, collectives, barriers, "
+                        "checkpoint writes, leaving) before the job fails; a slow host is only slow, "
+                        "and a dead one is noticed by JAX's heartbeat in about 100 s (default: "
+                        "JAXPRUNE_HOST_TIMEOUT_S, else 1800)")
 
 
 def _join_job(args: argparse.Namespace) -> None:
@@ -369,20 +391,34 @@ def request_determinism() -> None:
     os.environ["XLA_FLAGS"] = " ".join([*flags, *(f for f in DETERMINISTIC_XLA_FLAGS if f not in flags)])
 
 
+def _usage(message: str) -> int:
+    print(f"jaxprune: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "deterministic", None):
         request_determinism()
+    if getattr(args, "host_timeout", None) is not None:
+        if args.host_timeout <= 0:
+            return _usage(f"--host-timeout must be > 0 seconds, got {args.host_timeout}")
+        os.environ["JAXPRUNE_HOST_TIMEOUT_S"] = str(args.host_timeout)
+    from jaxprune import hosts
+
+    hosts.request_collective_timeouts()
     enable_compilation_cache()
-    from jaxprune.checkpoint import CheckpointError
+    from jaxprune.checkpoint import CheckpointError, WriteError, install_quiet_hooks, storage_cause
+
+    install_quiet_hooks()
     from jaxprune.data import DataError
     try:
         from jaxprune.report import ReportError
     except ImportError:  # no pandas or scipy here: every command but report still works
         ReportError = UsageError
     from jaxprune.study import StudyError
-    from jaxprune.interrupt import Interrupted, stop_at_safe_points
+    from jaxprune.interrupt import Interrupted
     from jaxprune.rundir import RunDirError
     from jaxprune.export import ExportError
 
@@ -390,18 +426,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                    StudyError, ReportError, ExportError)
     try:
         _join_job(args)
-        with stop_at_safe_points():
+        # Training stops at its next safe point; the rest write through temporary names and stop at once.
+        scope = interrupt.stop_at_safe_points if args.command in ("train", "study") else interrupt.stop_at_once
+        with scope():
             return _leave_job(COMMANDS[args.command](args))
     except user_errors as e:
         print(f"jaxprune {args.command}: error: {e}", file=sys.stderr)
         return _leave_job(EXIT_USAGE)
     except Interrupted as e:
-        print(f"jaxprune {args.command}: {e} after saving the last epoch; rerun the same command to resume",
-              file=sys.stderr)
+        if args.command in ("train", "study"):
+            print(f"jaxprune {args.command}: {e} after saving the last epoch; rerun the same command to resume",
+                  file=sys.stderr)
+        else:
+            print(f"jaxprune {args.command}: {e}; what it had written before is left as it was", file=sys.stderr)
         return _leave_job(e.exit_code)
     except KeyboardInterrupt:
         print(f"jaxprune {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return _leave_job(130)
+    except BrokenPipeError:  # `jaxprune report ... | head`: the reader left; end quietly, as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _leave_job(141)
+    except (WriteError, OSError) as e:
+        cause = storage_cause(e)
+        if not isinstance(e, WriteError) and cause is None:
+            raise
+        text = str(e) if isinstance(e, WriteError) else (
+            f"cannot write {getattr(e, 'filename', None) or 'a file'} ({cause}); free space (or make the "
+            "folder writable) and rerun the same command to resume")
+        print(f"jaxprune {args.command}: error: {text}", file=sys.stderr)
+        # At once: Orbax's threads of a failed write can wait minutes for a folder
+        # that never appears. Everything kept is already on disk.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     except Exception:
         from jaxprune import hosts
 

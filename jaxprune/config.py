@@ -33,6 +33,9 @@ def check_layout(n_devices: int, run_axis: int, batch_size: int) -> None:
         raise ConfigError(str(e)) from None
 
 
+MAX_SEED = 2**31 - 1  # seeds pass through int32 keys and JSON; larger ones overflowed after writing config.json
+
+
 def _field(default, help: str, *, identity: bool = True, choices=None):
     """A dataclass field with help text.
 
@@ -137,6 +140,13 @@ class TrainConfig:
         identity=False,
     )
     progress: bool = _field(True, "show a progress bar", identity=False)
+    on_divergence: str = _field(
+        "stop",
+        "when an epoch's training loss is not finite (NaN or inf): stop stops that run at the end of "
+        "the epoch, says so in one line and marks it diverged (a study goes on with the phases that do "
+        "not descend from it, then exits with status 1); continue trains on regardless",
+        identity=False, choices=("stop", "continue"),
+    )
     deterministic: bool = _field(
         False,
         "ask XLA for deterministic GPU kernels (XLA_FLAGS --xla_gpu_deterministic_ops, "
@@ -168,6 +178,8 @@ class TrainConfig:
             raise ConfigError(f"--val-split must be >= 0 (images), got {self.val_split}")
         if self.train_subset < 0:
             raise ConfigError(f"--train-subset must be >= 0, got {self.train_subset}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"--seed must be in 0..{MAX_SEED}, got {self.seed}")
         if not 0 < self.lr < math.inf:
             raise ConfigError(f"--lr must be a finite number > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
@@ -374,6 +386,9 @@ class StudyConfig:
         for mode in self.retrain:
             if mode not in RETRAIN_MODES:
                 raise ConfigError(f"--retrain: unknown mode {mode!r}; choose from {', '.join(RETRAIN_MODES)}")
+        for seed in self.seeds:
+            if not 0 <= seed <= MAX_SEED:
+                raise ConfigError(f"--seeds must each be in 0..{MAX_SEED}, got {seed}")
         for name in ("retrain", "seeds"):
             values = getattr(self, name)
             if not values and name == "retrain" or len(set(values)) != len(values):

@@ -158,7 +158,9 @@ def _stage_and_move(root: Path, source, archive: Archive, progress: bool, timeou
     """Fetches, verifies and extracts into a temporary folder, then renames it into place."""
     try:
         # Staged on DIR's own file system, so the final rename is atomic.
-        staging = Path(tempfile.mkdtemp(prefix=".cifar10-", dir=root if root.is_dir() else root.parent))
+        parent = root if root.is_dir() else root.parent
+        _clean_leftovers(parent)
+        staging = Path(tempfile.mkdtemp(prefix=f".cifar10-{os.getpid()}-", dir=parent))
     except OSError as e:
         raise DataError(f"cannot write to {root} ({_one_line(e)}); name another DIR") from e
     try:
@@ -176,6 +178,27 @@ def _stage_and_move(root: Path, source, archive: Archive, progress: bool, timeou
         raise DataError(f"cannot write CIFAR-10 to {root} ({_one_line(e)}); free space or name another DIR") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _clean_leftovers(parent: Path) -> None:
+    """Removes staging folders that killed runs left (their process is gone; 118 MB each)."""
+    if not parent.is_dir():
+        return
+    for path in parent.glob(".cifar10-*"):
+        owner = path.name.split("-")[1]
+        if owner.isdigit() and _alive(int(owner)):
+            continue  # another `jaxprune data` is still at work there
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _move_into_place(built: Path, root: Path) -> None:

@@ -63,6 +63,7 @@ import numpy as np
 import safetensors.numpy
 
 from jaxprune import checkpoint, config as config_lib, data, masks as masks_lib
+from jaxprune.faults import fault_point
 
 FORMAT = "jaxprune-export"
 FORMAT_VERSION = 1
@@ -304,6 +305,7 @@ def _write(out: Path, model_sd, mask_sd, info: dict, file_metadata: dict[str, st
     old = None
     try:
         safetensors.numpy.save_file(model_sd, str(tmp / MODEL_FILE), metadata=file_metadata)
+        fault_point("export-file")
         safetensors.numpy.save_file(mask_sd, str(tmp / MASKS_FILE), metadata=file_metadata)
         (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if out.exists():  # empty, or a previous export: check_out_dir said so

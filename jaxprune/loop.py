@@ -2,12 +2,12 @@
 
 `train_and_evaluate(cfg, workdir)` trains one run; `train_runs` trains several
 at once. Every epoch is checkpointed, so rerunning the same call resumes from
-the last complete epoch and retraces the uninterrupted run exactly (on a CPU
+the last committed epoch and retraces the uninterrupted run exactly (on a CPU
 bit for bit; see README on GPUs).
 
 The device never waits for the host between epochs: epoch e+1 is dispatched
-before epoch e's metrics are read, its rows written and its checkpoint
-started. Since an epoch consumes (donates) its input state, epoch e's state
+before epoch e's metrics are read, its checkpoint written and its rows
+logged (rows only once the checkpoint has committed). Since an epoch consumes (donates) its input state, epoch e's state
 is first copied on the device (a few MB, queued behind the epoch) for the
 checkpoint. Rows and checkpoints are still written in epoch order, one epoch
 behind the device.
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 import jaxprune
 from jaxprune import checkpoint, config as config_lib, data, devices, hosts, interrupt, rundir, train
+from jaxprune.faults import fault_point
 from jaxprune.models import init_variables
 
 METRIC_FIELDS = rundir.METRIC_FIELDS
@@ -49,6 +50,16 @@ class RunResult:
     @property
     def best_test_acc(self) -> float:
         return max(r["test_acc"] for r in self.history)
+
+    @property
+    def diverged(self) -> bool:
+        """Its last epoch's training loss was not finite (see TrainConfig.on_divergence)."""
+        return bool(self.history) and diverged(self.history[-1])
+
+
+def diverged(row: dict[str, Any]) -> bool:
+    """Whether a metrics row's training loss is NaN or infinite."""
+    return not math.isfinite(row["train_loss"])
 
 
 @dataclasses.dataclass
@@ -74,6 +85,7 @@ class _Run:
         self.ckpts = checkpoint.RunCheckpoints(self.workdir / "checkpoints", keep=spec.keep_epochs,
                                                best_metric=checkpoint.selection_metric(self.cfg.val_split))
         self.history: list[dict[str, Any]] = []  # read by the close below, even if resuming fails
+        self.stopped = False  # diverged, and told to stop
         stack.callback(lambda: self.ckpts.close(finished=self.done))
         found = self._resume(train.abstract_state(self.cfg, tx, mesh))
         if found is not None:
@@ -83,6 +95,8 @@ class _Run:
             self.state = train.create_train_state(start, tx, self.cfg.seed, spec.masks, mesh, self.cfg.exclude)
             self.history = []
         self.live = self.state  # what the next epoch consumes
+        # A run stopped for divergence stays stopped on a rerun (unless told to continue).
+        self.stopped = self.cfg.on_divergence == "stop" and bool(self.history) and diverged(self.history[-1])
         self.dispatched = len(self.history)
         rundir.write_metric_logs(self.workdir, self.history)
 
@@ -115,19 +129,23 @@ class _Run:
 
     @property
     def done(self) -> bool:
-        return len(self.history) >= self.cfg.epochs
+        return len(self.history) >= self.cfg.epochs or self.stopped
 
     def record(self, state: train.TrainState, row: dict[str, Any]) -> None:
-        self.state = state
-        self.history.append(row)
-        rundir.append_metric_logs(self.workdir, row)
+        """Saves the epoch, then logs it: metrics.csv never lists an epoch that is not on
+        disk. The host waits for the write while the device runs the next epoch."""
         self.ckpts.save(row["epoch"], state, {
             **(self.spec.meta or {}),
             "metrics": row,
-            "history": self.history,
+            "history": [*self.history, row],
             "config": config_lib.to_dict(self.cfg),
             "jaxprune_version": jaxprune.__version__,
         })
+        self.ckpts.commit()  # raises checkpoint.WriteError, deleting nothing, if the write failed
+        self.state = state
+        self.history.append(row)
+        rundir.append_metric_logs(self.workdir, row)
+        fault_point("metrics-row")
 
 
 @dataclasses.dataclass
@@ -251,7 +269,10 @@ def train_runs(
             now = time.perf_counter()
             seconds = (now - max(flight.dispatched_at, last_ready[0])) / len(flight.members)
             last_ready[0] = now
+            row = None
             for j, (i, state) in enumerate(zip(flight.members, flight.snapshots)):
+                if runs[i].stopped:  # diverged in the epoch before: this one was already in flight
+                    continue
                 m = {k: (v[j] if batched else v) for k, v in metrics.items()}
                 kept = int(m.pop("kept"))
                 row = {
@@ -266,15 +287,26 @@ def train_runs(
                 runs[i].record(state, row)
                 if on_epoch:
                     on_epoch(runs[i].spec, row)
+                if diverged(row) and runs[i].cfg.on_divergence == "stop":
+                    runs[i].stopped = True
+                    checkpoint.warn(
+                        f"{runs[i].workdir}: diverged at epoch {row['epoch']} (training loss {row['train_loss']}); "
+                        "stopped it there (--on-divergence continue trains on)"
+                    )
                 bar.update(1)
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{100 * row['test_acc']:.2f}%")
+            if row is not None:
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{100 * row['test_acc']:.2f}%")
             if trace is not None:
                 flight.watcher.join()
                 trace.append(flight.trace)
 
         flight, group, stacked = None, None, None
-        while interrupt.requested() is None:
-            pending = [r for r in runs if r.dispatched < r.cfg.epochs]
+        def stop() -> int | None:  # the same answer on every process of a job
+            return hosts.agreed_signal(interrupt.requested())
+
+        stopping = None
+        while stopping is None and (stopping := stop()) is None:
+            pending = [r for r in runs if r.dispatched < r.cfg.epochs and not r.stopped]
             if not pending:
                 break
             epoch = min(r.dispatched for r in pending) + 1
@@ -298,11 +330,12 @@ def train_runs(
                 if flight is not None:
                     finish(flight)
                 flight = new
-                if interrupt.requested() is not None:
+                if (stopping := stop()) is not None:
                     break
         if flight is not None:
             finish(flight)
-        interrupt.check()
+        if stopping is not None:
+            raise interrupt.Interrupted(stopping)
     return [RunResult(r.state, r.history) for r in runs]
 
 

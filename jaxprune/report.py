@@ -31,6 +31,7 @@ shared chain, from the prefix of the longest chain that first reaches it.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -38,6 +39,8 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from jaxprune.faults import fault_point
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -51,7 +54,7 @@ class ReportError(ValueError):
 COLUMNS = {
     "seed": int, "retrain": str, "distribution": str, "schedule": str, "method": str, "target": float,
     "round": int, "sparsity": float, "epoch": int, "test_acc": float, "val_acc": float,
-    "train_loss": float, "train_acc": float, "seconds": float,
+    "train_loss": float, "train_acc": float, "seconds": float, "diverged": int,
 }
 # Columns files written before replicates lack, with the values those files meant (baseline rows: "").
 DEFAULTS = {"seed": 0, "retrain": "retrain", "distribution": "global", "val_acc": np.nan}
@@ -66,6 +69,7 @@ ORDER = {
 }
 SCHEDULE_NAMES = {"oneshot": "one-shot"}
 STATS = ["mean", "std", "n", "ci95_low", "ci95_high"]
+NON_FINITE = ["nan", "inf", "-inf", "+inf", "infinity", "-infinity"]  # as Python writes them
 EPS = 1e-12  # sparsities are exact counts over the total; this only absorbs float rounding
 
 
@@ -82,11 +86,18 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     df = df.assign(**{
         c: (np.where(baseline, "", v) if isinstance(v, str) else v) for c, v in DEFAULTS.items() if c not in df
     })
+    if "diverged" not in df:  # files from before the column: a non-finite training loss is the mark
+        loss = pd.to_numeric(df["train_loss"], errors="coerce")
+        df = df.assign(diverged=(df["train_loss"].astype(str).str.strip().str.lower().isin(NON_FINITE)
+                                 | np.isinf(loss)).astype(int))
     numeric = [c for c, t in COLUMNS.items() if t is not str]
     values = df[numeric].apply(pd.to_numeric, errors="coerce")
-    # val_acc may be empty (no validation split); anything else unreadable means a torn or damaged row.
-    no_val = df["val_acc"].astype(str).fillna("").str.strip().str.lower().isin(["", "nan", "none"])
-    bad = values.drop(columns="val_acc").isna().any(axis=1) | (values["val_acc"].isna() & ~no_val)
+    # val_acc may be empty (no validation split), and a diverged epoch's loss NaN;
+    # anything else unreadable means a torn or damaged row.
+    written = df[numeric].astype(str).apply(lambda c: c.str.strip().str.lower())
+    no_val = written["val_acc"].isin(["", "none", *NON_FINITE])
+    bad = (values.isna() & ~written.isin(NON_FINITE)).drop(columns="val_acc").any(axis=1) | (
+        values["val_acc"].isna() & ~no_val)
     if bad.any():
         raise ValueError(f"row {int(bad.idxmax()) + 2} is incomplete")
     text = [c for c, t in COLUMNS.items() if t is str]
@@ -297,6 +308,7 @@ def _write(outdir: Path, stem: str, title: str, s: pd.DataFrame, keys: dict[str,
     pd.concat([named, rest], axis=1).to_csv(outdir / f"{stem}.csv", index=False, float_format="%.2f")
     text = _markdown(title, md)
     (outdir / f"{stem}.md").write_text(text)
+    fault_point("report-file")
     return text
 
 
@@ -535,18 +547,84 @@ def _equal_compute_figure(lay: _Layout, outdir: Path) -> Path:
 # ---------------------------------------------------------------- report
 
 
+def diverged_phases(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per phase that diverged: its keys and the first epoch whose training loss was not finite."""
+    bad = df[df["diverged"] == 1]
+    return bad.groupby(PHASE, observed=True, sort=False)["epoch"].min().reset_index()
+
+
+def _diverged_note(df: pd.DataFrame) -> list[str]:
+    bad = diverged_phases(df)
+    if bad.empty:
+        return []
+    names = [
+        f"{r.schedule}" if r.schedule == "baseline" else
+        f"{r.schedule} {r.method} {100 * r.target:g}% round {r.round} (seed {r.seed}, {r.retrain})"
+        for r in bad.itertuples()
+    ]
+    return [
+        f"**Diverged:** {len(bad)} phase{'s' * (len(bad) > 1)} reached a NaN or infinite training loss and "
+        "stopped at that epoch; their accuracies below are those of a broken network, and the phases "
+        "descending from them were not trained: "
+        + "; ".join(f"{n}, epoch {r.epoch}" for n, r in zip(names, bad.itertuples())) + ".", "",
+    ]
+
+
+MARK = ".jaxprune-report"  # in every folder the report made: --out may replace only such a folder
+
+
 def write_report(workdir: str | os.PathLike, outdir: str | os.PathLike | None = None) -> Path:
     """Writes every figure and table from WORKDIR/results.csv into OUTDIR (default WORKDIR/report);
-    returns the path of report.md, which gathers them."""
+    returns the path of report.md, which gathers them.
+
+    The whole report is made in a hidden folder beside OUTDIR, then put in its
+    place: a kill or an error leaves the previous report whole, and files an
+    earlier plan made that this one does not are gone. An --out folder that
+    holds files the report did not make is refused."""
     workdir = Path(workdir)
     df = read_results(workdir)
-    outdir = Path(outdir) if outdir else (workdir if workdir.is_dir() else workdir.parent) / "report"
+    default = (workdir if workdir.is_dir() else workdir.parent) / "report"
+    outdir = Path(outdir) if outdir else default
+    if outdir.is_dir() and outdir != default and any(outdir.iterdir()) and not (outdir / MARK).exists():
+        raise ReportError(f"{outdir} holds files the report did not make; give a new or empty --out")
+    staging = outdir.with_name(f".{outdir.name}.partial-{os.getpid()}")
     try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        (outdir / ".write-test").touch()
-        (outdir / ".write-test").unlink()
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        _clean_leftovers(outdir)
+        staging.mkdir()
     except OSError as e:
         raise ReportError(f"cannot write the report into {outdir} ({e.strerror or e}); give a writable --out") from None
+    try:
+        _write_into(workdir, df, staging)
+        _replace_folder(staging, outdir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return outdir / "report.md"
+
+
+def _clean_leftovers(outdir: Path) -> None:
+    """Removes what a killed report left beside OUTDIR; puts back a previous report
+    that a kill caught between its two renames."""
+    for p in outdir.parent.glob(f".{outdir.name}.partial-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in sorted(outdir.parent.glob(f".{outdir.name}.old-*")):
+        if not outdir.exists():
+            p.rename(outdir)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _replace_folder(new: Path, outdir: Path) -> None:
+    """Puts folder `new` where `outdir` is: two renames, the old one removed after."""
+    old = outdir.with_name(f".{outdir.name}.old-{os.getpid()}")
+    if outdir.exists():
+        outdir.rename(old)
+    new.rename(outdir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_into(workdir: Path, df: pd.DataFrame, outdir: Path) -> None:
+    (outdir / MARK).write_text("made by jaxprune report; `jaxprune report --out` replaces this folder whole\n")
     lay = _Layout(df)
     made = figures(lay, outdir)
     texts = tables(lay, outdir)
@@ -571,8 +649,7 @@ def write_report(workdir: str | os.PathLike, outdir: str | os.PathLike | None = 
     if len(base):
         md += [f"Baseline: {_max_label(base, lay.several).replace('max', 'max test accuracy', 1)} over "
                f"{int(lay.phases.loc[lay.phases['schedule'] == 'baseline', 'epochs'].max())} epochs.", ""]
+    md += _diverged_note(lay.df)
     md += [t for text in texts for t in (text, "")]
     md += [f"![{p.stem}]({p.name})" for p in made]
-    path = outdir / "report.md"
-    path.write_text("\n".join(md) + "\n")
-    return path
+    (outdir / "report.md").write_text("\n".join(md) + "\n")

@@ -59,9 +59,11 @@ def locked(directory: str | os.PathLike) -> Iterator[Path]:
         yield directory
         return
     fd = None
+    created = False  # the lock file is ours to remove if the directory is then refused
     try:
         try:
             directory.mkdir(parents=True, exist_ok=True)
+            created = not (directory / LOCK).exists()
             fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -78,9 +80,18 @@ def locked(directory: str | os.PathLike) -> Iterator[Path]:
                 "to end or stop it (a rerun resumes), or use another --workdir"
             ) from None
         hosts.agree(True)
+        before = os.pread(fd, 4096, 0)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield directory
+        try:
+            yield directory
+        except RunDirError:  # a directory refused (someone else's): leave it as it was
+            if created:
+                os.unlink(directory / LOCK)
+            else:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, before, 0)
+            raise
     finally:
         if fd is not None:
             os.close(fd)  # closing the descriptor releases the lock

@@ -40,11 +40,13 @@ from typing import Any, Callable
 import jax
 
 from jaxprune import checkpoint, config as config_lib, data, hosts, loop, masks as masks_lib, rundir, train
+from jaxprune.faults import fault_point
 from jaxprune.models import init_variables
 
 RESULT_FIELDS = (
     "seed", "retrain", "distribution", "schedule", "method", "target", "round", "sparsity", "epoch",
     "test_acc", "val_acc", "train_loss", "train_acc", "seconds",
+    "diverged",  # 1 where the epoch's training loss was NaN or infinite
 )
 BASELINE = "baseline"
 
@@ -174,6 +176,11 @@ def plan(cfg: config_lib.StudyConfig, total: int, pruned: int = 0) -> list[Phase
     and every target counts from its sparsity.
     """
     for t in cfg.targets:
+        if round(t * total) in (0, total):
+            raise StudyError(
+                f"target {t:g} prunes {'none' if round(t * total) == 0 else 'all'} of the {total:,} prunable "
+                f"weights (round({t:g} x {total:,}) = {round(t * total):,}); give a target that leaves some of each"
+            )
         if round(t * total) <= pruned:
             raise StudyError(
                 f"target {t:g} is not above the baseline's sparsity {100 * pruned / total:.2f}% "
@@ -274,13 +281,49 @@ class Final:
     last_lr: float | None = None  # the lr of its last epoch (a finetune child keeps it)
 
 
-def _final_epoch(workdir: Path, phase_cfg: config_lib.TrainConfig) -> int | None:
-    """The phase's final epoch, if it is finished and readable."""
+def phase_status(workdir: Path, phase_cfg: config_lib.TrainConfig) -> str | None:
+    """"finished" (its final epoch readable), "diverged" (stopped at a non-finite
+    loss, see TrainConfig.on_divergence), or None (still to train)."""
     folder = workdir / "checkpoints"
     if not (workdir / "metrics.jsonl").exists() or not folder.is_dir():
         return None
     with checkpoint.RunCheckpoints(folder, read_only=True) as ck:
-        return phase_cfg.epochs if ck.latest() == phase_cfg.epochs else None
+        latest = ck.latest()
+        history = ck.meta(latest).get("history") if latest is not None else None
+    if history and phase_cfg.on_divergence == "stop" and loop.diverged(history[-1]):
+        status = "diverged"  # also at its last epoch: its weights are no parent's
+    elif latest == phase_cfg.epochs:
+        status = "finished"
+    else:
+        return None
+    # A kill between the last checkpoint's commit and its row leaves the logs one
+    # row short; the checkpoint's history is the record.
+    if history and rundir.read_metrics(workdir) != history:
+        rundir.write_metric_logs(workdir, history)
+    return status
+
+
+def casualties(workdir: Path) -> tuple[list[tuple[Phase, int]], list[Phase]]:
+    """The study's diverged phases (with the epoch) and the phases below them, never trained."""
+    phases = recorded_phases(workdir)
+    bad = diverged_phases(workdir, phases)
+    lost = {p.name for p, _ in bad}
+    skipped = []
+    for p in phases:  # plan order: parents first
+        if p.parent in lost and not rundir.read_metrics(Path(workdir) / p.name):
+            lost.add(p.name)
+            skipped.append(p)
+    return bad, skipped
+
+
+def diverged_phases(workdir: Path, phases: list[Phase]) -> list[tuple[Phase, int]]:
+    """(phase, epoch) for each phase whose metrics end on a non-finite training loss."""
+    out = []
+    for p in phases:
+        rows = rundir.read_metrics(Path(workdir) / p.name)
+        if rows and loop.diverged(rows[-1]):
+            out.append((p, rows[-1]["epoch"]))
+    return out
 
 
 def _restore_final(folder: Path, epoch: int, cfg: config_lib.TrainConfig) -> Final:
@@ -297,6 +340,13 @@ def load_baseline(path: str, cfg: config_lib.StudyConfig) -> Final:
     folder, epoch = checkpoint.locate(path)
     meta = checkpoint.read_meta(folder, epoch)
     saved = config_lib.from_dict(config_lib.TrainConfig, meta.get("config", {}))
+    given_epoch = Path(path).name.isdigit() and (Path(path) / checkpoint.META).is_dir()
+    if epoch < saved.epochs and not given_epoch:
+        # Pruning it now and again once it is finished would mix two baselines in one study.
+        raise StudyError(
+            f"baseline {path} is unfinished (epoch {epoch} of {saved.epochs}): finish it by rerunning its "
+            f"train command, or give one epoch's folder ({folder / str(epoch)}) to prune that epoch"
+        )
     if saved.width != cfg.train.width:
         raise StudyError(
             f"baseline {path} is a width-{saved.width} ResNet18 but the study builds width "
@@ -321,6 +371,7 @@ def _result_row(phase: Phase, m: dict[str, Any]) -> dict[str, Any]:
         "sparsity": round(phase.sparsity if m.get("sparsity") is None else m["sparsity"], 6), "epoch": m["epoch"],
         "test_acc": m["test_acc"], "val_acc": m.get("val_acc"), "train_loss": m["train_loss"],
         "train_acc": m["train_acc"], "seconds": round(m["seconds"], 3),
+        "diverged": int(loop.diverged(m)),
     }
 
 
@@ -391,9 +442,10 @@ def run_study(cfg: config_lib.StudyConfig, workdir: str | Path, *, log: Callable
 
 
 def _size(n_bytes: float) -> str:
+    """'about 4.8 GB', 'about 12 MB', or 'under 1 MB'."""
     if n_bytes < 1e6:
         return "under 1 MB"
-    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
+    return f"about {n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"about {n_bytes / 1e6:.0f} MB"
 
 
 def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None, dataset, recorded, log,
@@ -406,7 +458,10 @@ def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None,
     def parent_of(phase: Phase) -> Final:
         if phase.parent not in finals:
             parent = by_name[phase.parent]
-            finals[phase.parent] = load_final(workdir / parent.name, phase_config(cfg, parent))
+            try:
+                finals[phase.parent] = load_final(workdir / parent.name, phase_config(cfg, parent))
+            except checkpoint.CheckpointError as e:
+                raise _DamagedFinal(parent, phase_config(cfg, parent).epochs) from e
         return finals[phase.parent]
 
     def spec(phase: Phase) -> loop.RunSpec:
@@ -415,7 +470,10 @@ def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None,
     def recipe(p: Phase):  # phases vmapped together must share one compiled program
         return train.compile_key(dataclasses.replace(phase_config(cfg, p), seed=0)), p.retrain
 
-    done = {p.name for p in phases if _final_epoch(workdir / p.name, phase_config(cfg, p))}
+    status = {p.name: phase_status(workdir / p.name, phase_config(cfg, p)) for p in phases}
+    done = {name for name, st in status.items() if st}
+    # Diverged phases, each mapped to itself, and what descends from them, to that ancestor.
+    failed = {name: name for name, st in status.items() if st == "diverged"}
     if baseline is not None:
         done.add(BASELINE)
     pending = [p for p in phases if p.name not in done]
@@ -425,21 +483,41 @@ def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None,
     log(
         f"study: {len(phases)} phase{'s' * (len(phases) != 1)} ({n_done} finished), {to_train} of "
         f"{sum(epochs)} epochs to train, "
-        f"in {workdir}; about {disk} on disk when the study is done"
+        f"in {workdir}; {disk} on disk when the study is done"
     )
     while pending:
+        for p in [p for p in pending if p.parent in failed]:  # plan order: parents come first
+            pending.remove(p)
+            failed[p.name] = failed[p.parent]
+            log(f"[not trained] {p.name}: it descends from {failed[p.name]}, which diverged")
+        if not pending:
+            break
         ready = [p for p in pending if p.parent is None or p.parent in done]
         group = [p for p in ready if recipe(p) == recipe(ready[0])][: cfg.parallel_runs]
-        results = loop.train_runs(
-            [spec(p) for p in group], dataset=dataset, run_axis=cfg.parallel_runs,
-            on_epoch=_results_writer(workdir, recorded),
-        )
+        try:
+            specs = [spec(p) for p in group]
+        except _DamagedFinal as d:
+            # A finished phase that others need cannot be restored: set its final step
+            # aside and train the phase again (its run resumes from what is left).
+            with checkpoint.RunCheckpoints(workdir / d.phase.name / "checkpoints") as ck:
+                ck.set_aside(d.epoch, why="cannot be restored (its arrays are damaged)")
+            log(f"[again] {d.phase.name}: its final epoch is damaged; training it again for the phases that need it")
+            done.discard(d.phase.name)
+            n_done -= 1
+            pending = [p for p in phases if p in pending or p == d.phase]
+            continue
+        results = loop.train_runs(specs, dataset=dataset, run_axis=cfg.parallel_runs,
+                                  on_epoch=_results_writer(workdir, recorded))
         for phase, result in zip(group, results):
-            last_lr = result.history[-1]["lr"]
-            finals[phase.name] = Final(result.state.params, result.state.batch_stats, result.state.masks, last_lr)
             done.add(phase.name)
             pending.remove(phase)
             n_done += 1
+            if result.diverged and phase_config(cfg, phase).on_divergence == "stop":
+                failed[phase.name] = phase.name
+                log(f"[{n_done}/{len(phases)}] {phase.name}: diverged at epoch {result.history[-1]['epoch']}")
+                continue
+            last_lr = result.history[-1]["lr"]
+            finals[phase.name] = Final(result.state.params, result.state.batch_stats, result.state.masks, last_lr)
             log(
                 f"[{n_done}/{len(phases)}] {phase.name}: sparsity {100 * phase.sparsity:.2f}%, "
                 f"best test accuracy {100 * result.best_test_acc:.2f}%"
@@ -448,6 +526,14 @@ def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None,
         needed = {p.parent for p in pending}
         for name in [n for n in finals if n not in needed]:
             del finals[name]
+
+
+class _DamagedFinal(Exception):
+    """A finished phase's final step, needed by a later phase, cannot be restored."""
+
+    def __init__(self, phase: Phase, epoch: int):
+        super().__init__(f"{phase.name}: final epoch {epoch} cannot be restored")
+        self.phase, self.epoch = phase, epoch
 
 
 def phase_spec(cfg: config_lib.StudyConfig, workdir: Path, phase: Phase, parent: Final | None) -> loop.RunSpec:
@@ -531,6 +617,7 @@ def _results_writer(workdir: Path, recorded: list[Phase]):
         else:
             rebuild_results(workdir, recorded)
             rebuilt = True
+        fault_point("results-row")
 
     return on_epoch
 

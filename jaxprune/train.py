@@ -204,7 +204,7 @@ def step_fns_for(cfg: config_lib.TrainConfig, steps_per_epoch: int, runs: bool =
 
 def compile_key(cfg: config_lib.TrainConfig) -> config_lib.TrainConfig:
     # Fields that do not reach the compiled code (epochs does: the schedule).
-    return dataclasses.replace(cfg, data="", train_subset=0, seed=0, progress=False)
+    return dataclasses.replace(cfg, data="", train_subset=0, seed=0, progress=False, on_divergence="stop")
 
 
 def make_step_fns(

@@ -81,6 +81,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, words):
         (["train", "--weight-decay", "nan", "--workdir", "{tmp}/w"], "--weight-decay must be a finite number"),
         (["train", "--train-subset", "5000", "--workdir", "{tmp}/w"], "--train-subset 5000 is more than the 2048"),
         (["study", "--schedules", "gradual", "--retrain", "finetune", "--workdir", "{tmp}/w"], "add retrain to --retrain"),
+        (["train", "--seed", "99999999999999999999", "--workdir", "{tmp}/w"], "--seed must be in 0..2147483647"),
+        (["study", "--seed", "-1", "--workdir", "{tmp}/w"], "--seed must be in 0..2147483647, got -1"),
+        (["study", "--seeds", "0", "4294967296", "--workdir", "{tmp}/w"], "--seeds must each be in 0..2147483647"),
+        (["study", "--targets", "0.5", "0.99999", "--workdir", "{tmp}/w"], "target 0.99999 prunes all of the"),
+        (["study", "--targets", "0.000001", "--workdir", "{tmp}/w"], "target 1e-06 prunes none of the"),
     ],
 )
 def test_more_mistakes_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, args, words):

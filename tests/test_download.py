@@ -4,6 +4,9 @@ Every refusal must leave nothing behind: the tests list the directories.
 """
 
 import hashlib
+import os
+import subprocess
+import sys
 import http.server
 import io
 import socket
@@ -304,6 +307,20 @@ def test_interrupted_run_leaves_nothing(tmp_path, good_archive, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         fetch(tmp_path / "new" / "c10", spec(good_archive), source=source)
     assert tree(tmp_path) == ["a.tar.gz"]
+
+
+def test_a_killed_runs_staging_folder_is_cleaned_by_the_next_run(tmp_path, good_archive, records):
+    source = tmp_path / "a.tar.gz"
+    source.write_bytes(good_archive)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f".cifar10-{int(dead.stdout)}-abcd1234"  # as a SIGKILLed run leaves it
+    (left / "data").mkdir(parents=True)
+    (left / "data" / "big.bin").write_bytes(b"\0" * 1000)
+    live = tmp_path / f".cifar10-{os.getpid()}-efgh5678"  # a run still at work: not touched
+    live.mkdir()
+    fetch(tmp_path / "c10", spec(good_archive), source=source)
+    assert not left.exists() and live.is_dir()
+    assert_loads_exactly(tmp_path / "c10", records)
 
 
 def _bad_members(tmp_path):

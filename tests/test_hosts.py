@@ -52,6 +52,11 @@ def finish(procs, timeout):
                 p.wait()
 
 
+def both(root, tag):
+    """Both processes' output, for a failure message: the cause is often in the other one's."""
+    return "\n".join(f"--- {tag}{i}.out:\n" + (root / f"{tag}{i}.out").read_text()[-2500:] for i in (0, 1))
+
+
 def rows(path):
     with open(path) as f:
         return list(csv.DictReader(f))
@@ -64,18 +69,18 @@ def test_two_processes_run_one_study_survive_a_lost_host_and_match_one_process(t
     deadline = time.monotonic() + 240
     while "[2/5]" not in out0.read_text() and time.monotonic() < deadline and procs[0].poll() is None:
         time.sleep(0.2)
-    assert "[2/5]" in out0.read_text(), out0.read_text()[-3000:]
+    assert "[2/5]" in out0.read_text(), both(tmp_path, "cut")
     procs[1].send_signal(signal.SIGKILL)  # a host dies mid-study
     codes = finish(procs, 200)
     text = out0.read_text()
-    assert codes[0] != 0, text[-3000:]
+    assert codes[0] != 0, both(tmp_path, "cut")
     # Process 0 ends with a line saying so: ours, or JAX's when it notices first.
-    assert "rerun the same command on every host" in text or "another task died" in text, text[-3000:]
+    assert "rerun the same command on every host" in text or "another task died" in text, both(tmp_path, "cut")
 
     # The same command on every host resumes the study and finishes it.
     codes = finish(start_job([*STUDY, *workdir], 2, tmp_path), 300)
     text = (tmp_path / "p0.out").read_text()
-    assert codes == [0, 0], (text[-3000:], (tmp_path / "p1.out").read_text()[-3000:])
+    assert codes == [0, 0], both(tmp_path, "p")
     assert "5 phases (2 finished)" in text or "5 phases (3 finished)" in text, text
     # Process 0 alone reports and writes; process 1 prints nothing of the study.
     assert "[5/5]" in text and "results:" in text
@@ -105,3 +110,27 @@ def test_two_processes_run_one_study_survive_a_lost_host_and_match_one_process(t
 def test_distributed_options_without_distributed_are_refused(capsys):
     assert cli.main(["study", "--preset", "smoke", "--num-processes", "2"]) == 2
     assert "--num-processes needs --distributed" in capsys.readouterr().err
+
+
+def test_sigterm_to_one_host_stops_both_after_the_same_epoch_and_a_rerun_completes(tmp_path):
+    # A scheduler's SIGTERM may reach one host only (or each at its own moment):
+    # the processes agree on the stop, so none waits for the others in a collective.
+    args = ["train", "--preset", "smoke", "--data", "synthetic:1024,256", "--epochs", "4", "--no-progress",
+            "--workdir", str(tmp_path / "run")]
+    procs = start_job(args, 2, tmp_path, tag="t")
+    metrics = tmp_path / "run" / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), both(tmp_path, "t")
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)  # process 1 alone
+    codes = finish(procs, 240)
+    assert codes == [143, 143], both(tmp_path, "t")
+    for i in (0, 1):
+        text = (tmp_path / f"t{i}.out").read_text()
+        assert "stopped by SIGTERM after saving the last epoch" in text and "Traceback" not in text, text[-3000:]
+    saved = len(metrics.read_text().splitlines()) - 1
+    assert 1 <= saved < 4
+    codes = finish(start_job(args, 2, tmp_path, tag="r"), 300)
+    assert codes == [0, 0], both(tmp_path, "r")
+    assert len(metrics.read_text().splitlines()) == 1 + 4

@@ -7,7 +7,6 @@ Every subprocess has a time bound.
 
 import csv
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -164,6 +163,27 @@ def test_a_truncated_checkpoint_is_set_aside_and_the_run_resumes(tmp_path, capsy
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) <= 2
 
 
+def test_a_damaged_final_step_that_a_grown_study_needs_is_repaired_by_the_rerun(tmp_path, capsys):
+    w = tmp_path / "s"
+    args = ["study", "--preset", "smoke", "--data", "synthetic:256,64", "--methods", "magnitude", "--schedules",
+            "oneshot", "--baseline-epochs", "2", "--workdir", str(w), "--no-progress", "--no-report"]
+    assert cli.main([*args, "--targets", "0.5"]) == 0
+    final = w / "baseline" / "checkpoints" / "2"
+    data = max((final / checkpoint.MODEL).glob("ocdbt.process_*/d/*"), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[:100])  # the arrays' data file cut short
+    capsys.readouterr()
+    assert cli.main([*args, "--targets", "0.5", "0.6"]) == 0  # the new target needs the baseline's weights
+    out, err = capsys.readouterr()
+    assert "moved aside to 2.damaged" in err and "Traceback" not in err
+    assert "[again] baseline: its final epoch is damaged; training it again" in out
+    assert (w / "baseline" / "checkpoints" / "2.damaged").is_dir()
+    assert [r["epoch"] for r in rundir.read_metrics(w / "baseline")] == [1, 2]
+    assert rundir.read_metrics(w / "oneshot-magnitude-0.60" / "round-01")
+    capsys.readouterr()
+    assert cli.main([*args, "--targets", "0.5", "0.6"]) == 0  # and then all is finished
+    assert "3 phases (3 finished), 0 of 4 epochs to train" in capsys.readouterr().out
+
+
 def test_a_torn_results_csv_is_rebuilt_by_the_report(tmp_path):
     w = tmp_path / "s"
     args = ["study", "--preset", "smoke", "--methods", "magnitude", "--schedules", "oneshot", "--targets", "0.5",
@@ -196,6 +216,23 @@ def test_a_baseline_from_two_devices_restores_on_one(tmp_path):
                      "--no-progress", "--no-report"]) == 0
     result = evaluation.evaluate_checkpoint(w / "oneshot-magnitude-0.50" / "round-01")
     assert result.sparsity.total.sparsity == pytest.approx(0.5, abs=1e-6)
+
+
+def test_an_unfinished_baseline_is_refused_unless_one_epoch_is_named(tmp_path, capsys):
+    from jaxprune import loop
+
+    base = tmp_path / "base"
+    with pytest.raises(KeyboardInterrupt):  # stopped after epoch 1 of 3
+        loop.train_and_evaluate(_tiny_cfg(epochs=3), base, on_epoch=lambda row: (_ for _ in ()).throw(KeyboardInterrupt))
+    args = ["study", "--preset", "smoke", "--data", "synthetic:256,64", "--methods", "magnitude",
+            "--schedules", "oneshot", "--targets", "0.5", "--no-progress", "--no-report"]
+    capsys.readouterr()
+    assert cli.main([*args, "--baseline", str(base), "--workdir", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is unfinished (epoch 1 of 3)" in err[0], err
+    assert not (tmp_path / "s").exists()
+    epoch = base / "checkpoints" / "1"  # an epoch named outright is what the user asked for
+    assert cli.main([*args, "--baseline", str(epoch), "--workdir", str(tmp_path / "s1")]) == 0
 
 
 def test_a_pruned_baseline_is_continued_from(tmp_path, capsys):
@@ -251,39 +288,50 @@ def test_a_signal_stops_at_a_safe_point_and_the_rerun_resumes(tmp_path, sig, cod
         assert strip(rundir.read_metrics(w)) == strip(rundir.read_metrics(tmp_path / "whole"))
 
 
-# ---------------------------------------------------------------- SIGKILL at random moments
+# ---------------------------------------------------------------- SIGKILL at chosen moments
 
 
 FAULT = ["study", "--preset", "smoke", "--methods", "magnitude", "--targets", "0.5", "0.75",
          "--baseline-epochs", "3", "--no-progress", "--no-report"]
+# Each kill lands on an event of the rerun (jaxprune.faults), not on a timer, so
+# every one lands on any machine, fast or slow: each rerun completes at most
+# one epoch before its kill, so six kills leave the 7-epoch study unfinished.
+KILLS = [
+    ("checkpoint-save-started", 1),  # mid-write: a temporary folder on disk
+    ("metrics-row", 1),  # saved and logged, results.csv not yet
+    ("checkpoint-committed", 1),  # saved, no row logged anywhere
+    ("results-row", 1),  # every file written, nothing pruned yet
+    ("checkpoint-save-started", 1),
+    ("checkpoint-committed", 1),
+]
 
 
-def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_results(tmp_path):
+def test_sigkill_at_chosen_moments_then_resume_gives_the_uninterrupted_results(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert cli.main([*FAULT, "--workdir", str(whole)]) == 0
     expected = read_rows(whole / "results.csv")
     assert len(expected) == 3 + 4  # baseline 3 epochs; one-shot 0.5, 0.75; shared chain 0.5 -> 0.75
-    rng = random.Random(0)
-    results, kills, deadline = killed / "results.csv", 0, time.time() + 600
-    while kills < 6 and time.time() < deadline:
-        before = lines(results)
-        proc = subprocess.Popen([*PY, *FAULT, "--workdir", str(killed)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            # Some progress, then a moment anywhere in the next epoch, its save or its rows.
-            wait_for(lambda: lines(results) > max(before, 1) or proc.poll() is not None, 300)
-            time.sleep(rng.uniform(0.0, 2.5))
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=60)
-        if proc.returncode == 0:
-            break  # it finished before the kill landed
-        kills += 1
-    assert kills >= 5, f"only {kills} kills landed"
+    results = killed / "results.csv"
+    progress = []
+    for event, n in KILLS:
+        env = {**os.environ, "JAXPRUNE_FAULT": f"{event}:{n}:kill"}
+        proc = subprocess.run([*PY, *FAULT, "--workdir", str(killed)], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == -signal.SIGKILL, (event, proc.returncode, proc.stderr[-2000:])
+        progress.append(lines(results))
+    assert progress[-1] < 1 + len(expected)  # the study was still unfinished at the last kill
     assert cli.main([*FAULT, "--workdir", str(killed)]) == 0
     assert strip(read_rows(results)) == strip(expected)
     for folder in killed.rglob("checkpoints"):
         assert not list(folder.glob("*.orbax-checkpoint-tmp*"))  # no temporaries left behind
+
+
+def test_a_fault_spec_that_names_no_event_is_refused(monkeypatch):
+    from jaxprune import faults
+
+    monkeypatch.setenv("JAXPRUNE_FAULT", "checkpoint-saved:1")
+    with pytest.raises(ValueError, match="want EVENT:N"):
+        faults.fault_point("metrics-row")
 
 
 # ---------------------------------------------------------------- directories that are not this run's
@@ -300,12 +348,12 @@ def test_a_directory_without_config_json_is_refused_and_left_untouched(tmp_path,
     run = tmp_path / "run"
     loop.train_and_evaluate(_tiny_cfg(), run)
     (run / "config.json").unlink()  # as a user tidying up, or another tool's directory
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}  # .lock included
     code = cli.main(["train", "--preset", "smoke", "--data", "synthetic:256,64", "--epochs", "2",
                      "--width", "8", "--no-progress", "--workdir", str(run)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "has no config.json, so it is not a jaxprune run's" in err[0]
-    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before
 
 
@@ -318,7 +366,7 @@ def test_a_damaged_or_foreign_config_json_is_one_line(tmp_path, capsys, text, wo
     code = cli.main(["train", "--preset", "smoke", "--no-progress", "--workdir", str(run)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and words in err[0], err
-    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]  # no .lock left in a refused directory
 
 
 def test_a_study_directory_is_not_a_training_run_and_back(tmp_path, capsys):

@@ -1,0 +1,76 @@
+"""Signals at every moment: while starting, during report and export, and the second Ctrl-C.
+
+SIGTERM during report and export lands on an event (jaxprune.faults: one of
+their files written), so it lands mid-write on any machine.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from jaxprune import cli
+
+MAIN = [sys.executable, "-m", "jaxprune"]  # what the `jaxprune` command runs
+DATA = ["--data", "synthetic:256,64", "--no-progress"]
+
+
+def test_sigint_half_a_second_after_a_study_starts_exits_130_in_one_line(tmp_path):
+    w = tmp_path / "study"
+    proc = subprocess.Popen([*MAIN, "study", "--preset", "smoke", *DATA, "--workdir", str(w)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "Exception ignored" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) <= 2 and "SIGINT" in lines[0], err
+    if "while starting" in lines[0]:  # JAX was still importing: nothing written
+        assert not w.exists()
+
+
+def _study(tmp_path):
+    w = tmp_path / "study"
+    assert cli.main(["study", "--preset", "smoke", *DATA, "--methods", "magnitude", "--schedules", "oneshot",
+                     "--targets", "0.5", "--baseline-epochs", "1", "--workdir", str(w), "--no-report"]) == 0
+    return w
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_sigterm_during_report_and_export_exits_143_and_leaves_the_previous_outputs(tmp_path):
+    w = _study(tmp_path)
+    assert cli.main(["report", str(w)]) == 0
+    report = _files(w / "report")
+    out = tmp_path / "export"
+    phase = w / "oneshot-magnitude-0.50" / "round-01"
+    assert cli.main(["export", str(phase), str(out)]) == 0
+    exported = _files(out)
+    for event, command, folder, before in [("report-file", ["report", str(w)], w / "report", report),
+                                           ("export-file", ["export", str(phase), str(out)], out, exported)]:
+        env = {**os.environ, "JAXPRUNE_FAULT": f"{event}:1:term"}
+        result = subprocess.run([*MAIN, *command], env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 143, result.stderr[-3000:]
+        err = result.stderr.strip().splitlines()
+        assert len(err) == 1 and "stopped by SIGTERM" in err[0] and "left as it was" in err[0], err
+        assert _files(folder) == before  # byte for byte
+        assert not [p for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.")]
+
+
+def test_report_out_refuses_a_folder_it_did_not_make_and_drops_stale_files(tmp_path, capsys):
+    w = _study(tmp_path)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    assert cli.main(["report", str(w), "--out", str(theirs)]) == 2
+    assert "holds files the report did not make" in capsys.readouterr().err
+    assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+    ours = tmp_path / "ours"
+    assert cli.main(["report", str(w), "--out", str(ours)]) == 0
+    (ours / "figure9_from_an_old_plan.png").write_bytes(b"old")
+    assert cli.main(["report", str(w), "--out", str(ours)]) == 0  # its own folder: replaced whole
+    assert not (ours / "figure9_from_an_old_plan.png").exists() and (ours / "report.md").is_file()
