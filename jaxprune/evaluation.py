@@ -39,17 +39,25 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
 ) -> EvalResult:
     """Restores a checkpoint onto this process's first device and evaluates it on the test split."""
-    folder, epoch = checkpoint.locate(path, which)
-    meta = checkpoint.read_meta(folder, epoch)
-    cfg = config_lib.from_dict(config_lib.TrainConfig, meta["config"])
-    overrides = {"devices": 1}  # evaluation is cheap; any machine can do it on one device
-    if data_spec:
-        overrides["data"] = data_spec
-    if batch_size:
-        overrides["eval_batch_size"] = batch_size
-    cfg = dataclasses.replace(cfg, **overrides).validate()
+    for attempt in range(3):
+        folder, epoch = checkpoint.locate(path, which)
+        try:
+            meta = checkpoint.read_meta(folder, epoch)
+            cfg = config_lib.from_dict(config_lib.TrainConfig, meta["config"])
+            overrides = {"devices": 1}  # evaluation is cheap; any machine can do it on one device
+            if data_spec:
+                overrides["data"] = data_spec
+            if batch_size:
+                overrides["eval_batch_size"] = batch_size
+            cfg = dataclasses.replace(cfg, **overrides).validate()
+            model, _ = checkpoint.restore_model(folder, epoch, checkpoint.abstract_model(train.abstract_state(cfg)))
+            break
+        except (checkpoint.CheckpointError, KeyError, OSError):
+            # A run still training replaces its latest epoch (and prunes older ones)
+            # while we read: look again for what is there now.
+            if (folder / str(epoch)).is_dir() or attempt == 2:
+                raise
     dataset = data.load(cfg.data)
-    model, _ = checkpoint.restore_model(folder, epoch, checkpoint.abstract_model(train.abstract_state(cfg)))
     fns = train.step_fns_for(train.compile_key(cfg), 1)
     mesh = devices.mesh_for(cfg.devices, cfg.batch_size)
     test_x, test_y = devices.put_replicated((dataset.test_images, dataset.test_labels), mesh)

@@ -297,9 +297,20 @@ def check_out_dir(out: Path) -> None:
         )
 
 
+def _clean_leftovers(out: Path) -> None:
+    """What a killed export left beside OUT_DIR: a previous export caught between its two
+    renames goes back in place; half-written ones are removed."""
+    for p in sorted(out.parent.glob(f".{out.name}.export-*"), key=lambda p: not p.name.endswith("-old")):
+        if p.name.endswith("-old") and not out.exists():
+            os.rename(p, out)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _write(out: Path, model_sd, mask_sd, info: dict, file_metadata: dict[str, str]) -> None:
     """Writes the three files into a temporary sibling of `out`, then renames it to `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(out)
     tmp = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     old = None

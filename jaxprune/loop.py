@@ -78,10 +78,11 @@ class RunSpec:
 class _Run:
     """One run's directory (locked while training), checkpoints, metric logs and history."""
 
-    def __init__(self, spec: RunSpec, tx, mesh, stack: contextlib.ExitStack):
+    def __init__(self, spec: RunSpec, tx, mesh, stack: contextlib.ExitStack, data_fingerprint: str):
         self.spec, self.cfg, self.workdir = spec, spec.cfg, Path(spec.workdir)
         stack.enter_context(rundir.locked(self.workdir))
         rundir.claim(self.workdir, self.cfg, spec.identity)
+        rundir.check_data(self.workdir, data_fingerprint)
         self.ckpts = checkpoint.RunCheckpoints(self.workdir / "checkpoints", keep=spec.keep_epochs,
                                                best_metric=checkpoint.selection_metric(self.cfg.val_split))
         self.history: list[dict[str, Any]] = []  # read by the close below, even if resuming fails
@@ -237,8 +238,9 @@ def train_runs(
     fns = train.step_fns_for(train.compile_key(cfg), n_steps, runs=batched, mesh=mesh)
     with contextlib.ExitStack() as stack:
         runs: list[_Run] = []
+        fingerprint = data.fingerprint(dataset)
         for spec in specs:  # each claims its directory only now, so bad input writes nothing
-            runs.append(_Run(spec, tx, mesh, stack))
+            runs.append(_Run(spec, tx, mesh, stack, fingerprint))
         # The whole data set lives on every device; batches are gathered there.
         train_x, train_y, test_x, test_y = devices.put_replicated(
             (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels), mesh

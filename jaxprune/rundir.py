@@ -216,3 +216,19 @@ def append_metric_logs(directory: Path, row: dict[str, Any]) -> None:
 
 def read_metrics(directory: Path) -> list[dict[str, Any]]:
     return read_jsonl(Path(directory) / "metrics.jsonl")
+
+
+def check_data(directory: Path, fingerprint: str) -> None:
+    """Records the run's data fingerprint in config.json, or refuses (RunDirError) a
+    resume on other data. Directories from releases that did not record one take it now."""
+    record = read_record(Path(directory))
+    if record is None:
+        return
+    saved = record.get("data_fingerprint")
+    if saved is None:
+        write_atomic(Path(directory) / CONFIG, json.dumps({**record, "data_fingerprint": fingerprint}, indent=2))
+    elif saved != fingerprint:
+        raise RunDirError(
+            f"{directory} was trained on other data ({saved}; now {fingerprint}): give the data it "
+            "trained on, or another --workdir"
+        )

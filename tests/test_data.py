@@ -1,5 +1,6 @@
 """Data sources and on-device augmentation."""
 
+import dataclasses
 import os
 
 import jax
@@ -61,6 +62,18 @@ def test_binary_reader_rejects_bad_files(bin_dir):
     f.write_bytes(raw_records([12], [np.zeros((32, 32, 3), np.uint8)]))
     with pytest.raises(data.DataError, match="labels up to 12"):
         data.load(f"cifar10-bin:{root}")
+    # Cut on a record boundary (2 of 3 records) or zeroed out: valid-looking, refused.
+    t = root / "cifar-10-batches-bin" / "test_batch.bin"
+    whole = t.read_bytes()
+    f.write_bytes((root / "cifar-10-batches-bin" / "data_batch_1.bin").read_bytes())
+    t.write_bytes(whole[: 2 * data.RECORD_BYTES])
+    with pytest.raises(data.DataError, match="test_batch.bin has 2 records but the other files up to 3.*truncated"):
+        data.load(f"cifar10-bin:{root}")
+    t.write_bytes(raw_records([1, 2, 3], [np.zeros((32, 32, 3), np.uint8)] * 3))
+    with pytest.raises(data.DataError, match="test_batch.bin holds one value \\(0\\) in every pixel"):
+        data.load(f"cifar10-bin:{root}")
+    t.write_bytes(whole)
+    assert len(data.load(f"cifar10-bin:{root}").test_labels) == 3
     (root / "cifar-10-batches-bin" / "test_batch.bin").unlink()
     f.unlink()
     with pytest.raises(data.DataError, match="missing data_batch_3.bin and 1 more"):
@@ -136,3 +149,14 @@ def test_real_cifar10_loads():
     assert np.bincount(ds.test_labels).tolist() == [1000] * 10
     # Per-channel means of the training set, as torchvision's constants say.
     np.testing.assert_allclose(ds.train_images.mean((0, 1, 2)) / 255, data.MEAN, atol=2e-3)
+
+
+def test_fingerprint_sees_every_array_and_count():
+    ds = data.synthetic(64, 16)
+    fp = data.fingerprint(ds)
+    assert fp.startswith("64+16 images, sha256 ") and len(fp.split()[-1]) == 16
+    assert data.fingerprint(data.synthetic(64, 16)) == fp  # deterministic
+    changed = dataclasses.replace(ds, test_images=ds.test_images.copy())
+    changed.test_images[3, 1, 2, 0] ^= 1  # one bit of one test pixel
+    assert data.fingerprint(changed) != fp
+    assert data.fingerprint(ds.with_validation(8)).startswith("56+16+8 images")

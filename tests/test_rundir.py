@@ -235,6 +235,42 @@ def test_an_unfinished_baseline_is_refused_unless_one_epoch_is_named(tmp_path, c
     assert cli.main([*args, "--baseline", str(epoch), "--workdir", str(tmp_path / "s1")]) == 0
 
 
+def _write_cifar_like(root, seed):
+    """A cifar10-bin folder of 6 x 32 images made from synthetic data."""
+    from jaxprune import data
+
+    ds = data.synthetic(5 * 32, 32, seed=seed)
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(data.TRAIN_FILES):
+        part = slice(32 * i, 32 * (i + 1))
+        data.write_cifar10_bin(folder / name, ds.train_images[part], ds.train_labels[part])
+    data.write_cifar10_bin(folder / data.TEST_FILE, ds.test_images, ds.test_labels)
+
+
+def test_a_resume_on_other_data_is_refused_naming_both_fingerprints(tmp_path, capsys):
+    from jaxprune import loop
+
+    _write_cifar_like(tmp_path / "c10", seed=0)
+    cfg = _tiny_cfg(data=f"cifar10-bin:{tmp_path / 'c10'}", epochs=3, batch_size=32)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # stopped after epoch 1
+        loop.train_and_evaluate(cfg, run, on_epoch=lambda row: (_ for _ in ()).throw(KeyboardInterrupt))
+    recorded = rundir.read_record(run)["data_fingerprint"]
+    assert recorded.startswith("160+32 images, sha256 ")
+    _write_cifar_like(tmp_path / "c10", seed=1)  # the same path, other files
+    args = ["train", "--preset", "smoke", "--data", cfg.data, "--epochs", "3", "--batch-size", "32",
+            "--no-progress", "--workdir", str(run)]
+    capsys.readouterr()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was trained on other data" in err[0] and recorded in err[0], err
+    assert [r["epoch"] for r in rundir.read_metrics(run)] == [1]
+    _write_cifar_like(tmp_path / "c10", seed=0)  # its own data again: it resumes
+    assert cli.main(args) == 0
+    assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2, 3]
+
+
 def test_a_pruned_baseline_is_continued_from(tmp_path, capsys):
     first = tmp_path / "first"
     assert cli.main(["study", "--preset", "smoke", "--methods", "magnitude", "--schedules", "oneshot",

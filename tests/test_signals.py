@@ -74,3 +74,20 @@ def test_report_out_refuses_a_folder_it_did_not_make_and_drops_stale_files(tmp_p
     (ours / "figure9_from_an_old_plan.png").write_bytes(b"old")
     assert cli.main(["report", str(w), "--out", str(ours)]) == 0  # its own folder: replaced whole
     assert not (ours / "figure9_from_an_old_plan.png").exists() and (ours / "report.md").is_file()
+
+
+def test_an_export_killed_between_its_renames_is_put_back_by_the_next(tmp_path):
+    import shutil
+
+    w = _study(tmp_path)
+    phase = w / "oneshot-magnitude-0.50" / "round-01"
+    out = tmp_path / "export"
+    assert cli.main(["export", str(phase), str(out)]) == 0
+    previous = _files(out)
+    # As a SIGKILL leaves it: the old export moved aside, a new one half-written, OUT_DIR gone.
+    shutil.move(out, tmp_path / ".export.export-aaaa-old")
+    (tmp_path / ".export.export-bbbb").mkdir()
+    (tmp_path / ".export.export-bbbb" / "model.safetensors").write_bytes(b"half")
+    assert cli.main(["export", str(phase), str(out), "--which", "latest"]) == 0
+    assert _files(out).keys() == previous.keys()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export.")]
