@@ -78,7 +78,7 @@ EPS = 1e-12  # sparsities are exact counts over the total; this only absorbs flo
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
     """The frame in results.csv's schema: old layouts get DEFAULTS; ValueError if a row is damaged."""
-    missing = [c for c in COLUMNS if c not in df.columns and c not in DEFAULTS]
+    missing = [c for c in COLUMNS if c not in df.columns and c not in DEFAULTS and c != "diverged"]
     if missing:
         raise ValueError(f"no column {missing[0]!r}")
     df = df.reset_index(drop=True)
@@ -94,7 +94,8 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     values = df[numeric].apply(pd.to_numeric, errors="coerce")
     # val_acc may be empty (no validation split), and a diverged epoch's loss NaN;
     # anything else unreadable means a torn or damaged row.
-    written = df[numeric].astype(str).apply(lambda c: c.str.strip().str.lower())
+    # (pandas 3 keeps a missing value missing through astype(str); pandas 2 writes "nan")
+    written = df[numeric].astype(str).fillna("").apply(lambda c: c.str.strip().str.lower())
     no_val = written["val_acc"].isin(["", "none", *NON_FINITE])
     bad = (values.isna() & ~written.isin(NON_FINITE)).drop(columns="val_acc").any(axis=1) | (
         values["val_acc"].isna() & ~no_val)
@@ -585,6 +586,8 @@ def write_report(workdir: str | os.PathLike, outdir: str | os.PathLike | None = 
     df = read_results(workdir)
     default = (workdir if workdir.is_dir() else workdir.parent) / "report"
     outdir = Path(outdir) if outdir else default
+    if outdir.exists() and not outdir.is_dir():
+        raise ReportError(f"cannot write the report into {outdir} (a file is there); give a folder as --out")
     if outdir.is_dir() and outdir != default and any(outdir.iterdir()) and not (outdir / MARK).exists():
         raise ReportError(f"{outdir} holds files the report did not make; give a new or empty --out")
     staging = outdir.with_name(f".{outdir.name}.partial-{os.getpid()}")

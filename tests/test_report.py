@@ -12,7 +12,7 @@ from jaxprune import cli, report
 OLD_FIELDS = ("schedule", "method", "target", "round", "sparsity", "epoch", "test_acc", "train_loss", "train_acc",
               "seconds")  # results.csv before replicates, retraining modes and validation
 FIELDS = ("seed", "retrain", "distribution", "schedule", "method", "target", "round", "sparsity", "epoch",
-          "test_acc", "val_acc", "train_loss", "train_acc", "seconds")
+          "test_acc", "val_acc", "train_loss", "train_acc", "seconds")  # before the `diverged` column
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -61,7 +61,8 @@ def test_report_from_a_small_fixture(tmp_path):
     add("iterative", "magnitude", 0.9, 3, 0.91, [0.89, 0.88])
     write_results(tmp_path, rows, OLD_FIELDS)
     df = report.read_results(tmp_path)
-    assert list(df.columns) == list(FIELDS) and set(df["seed"]) == {0} and df["val_acc"].isna().all()
+    assert list(df.columns) == [*FIELDS, "diverged"] and set(df["seed"]) == {0} and df["val_acc"].isna().all()
+    assert (df["diverged"] == 0).all()  # derived from the finite losses: the column is newer than the file
     assert set(zip(df["schedule"], df["retrain"], df["distribution"])) == {
         ("baseline", "", ""), ("oneshot", "retrain", "global"), ("iterative", "retrain", "global")}
     assert cli.main(["report", str(tmp_path)]) == 0

@@ -91,3 +91,14 @@ def test_an_export_killed_between_its_renames_is_put_back_by_the_next(tmp_path):
     assert cli.main(["export", str(phase), str(out), "--which", "latest"]) == 0
     assert _files(out).keys() == previous.keys()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export.")]
+
+
+def test_a_reader_that_leaves_early_ends_the_output_quietly(tmp_path):
+    # `jaxprune report DIR | head -0`: the pipe's reader is gone before the first line.
+    w = _study(tmp_path)
+    proc = subprocess.Popen([*MAIN, "report", str(w)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err and err == ""
+    assert (w / "report" / "report.md").is_file()  # the work was done; only the listing was cut

@@ -20,6 +20,9 @@ def test_a_study_from_release_5ccc1bf_resumes_with_nothing_retrained_and_grows(t
     w = tmp_path / "study"
     shutil.copytree(FIXTURES / "study-5ccc1bf", w)
     old_rows = rows(w / "results.csv")
+    assert cli.main(["report", str(w)]) == 0  # its results.csv, as that release wrote it
+    assert "**Diverged:**" not in (w / "report" / "report.md").read_text()
+    assert rows(w / "results.csv") == old_rows  # read as it is, not rebuilt
     old_metrics = {p: rundir.read_metrics(w / p) for p in
                    ("baseline", "oneshot-magnitude-0.50/round-01", "iterative-magnitude-0.50/round-01")}
     assert cli.main([*ARGS, "--targets", "0.5", "--workdir", str(w)]) == 0
