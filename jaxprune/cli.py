@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir) if args.workdir else default_train_workdir(cfg)
     result = loop.train_and_evaluate(cfg, workdir)
     last = result.history[-1]
-    if result.diverged and cfg.on_divergence == "stop":
+    if loop.stopped_by_divergence(cfg, result.history):
         print(f"jaxprune train: {workdir} diverged at epoch {last['epoch']} (training loss {last['train_loss']}); "
               "stopped there: lower --lr, or --on-divergence continue to train on", file=sys.stderr)
         return 1

@@ -7,7 +7,8 @@ bit for bit; see README on GPUs).
 
 The device never waits for the host between epochs: epoch e+1 is dispatched
 before epoch e's metrics are read, its checkpoint written and its rows
-logged (rows only once the checkpoint has committed). Since an epoch consumes (donates) its input state, epoch e's state
+logged (rows only once the checkpoint has committed). Since an epoch
+consumes (donates) its input state, epoch e's state
 is first copied on the device (a few MB, queued behind the epoch) for the
 checkpoint. Rows and checkpoints are still written in epoch order, one epoch
 behind the device.
@@ -51,15 +52,16 @@ class RunResult:
     def best_test_acc(self) -> float:
         return max(r["test_acc"] for r in self.history)
 
-    @property
-    def diverged(self) -> bool:
-        """Its last epoch's training loss was not finite (see TrainConfig.on_divergence)."""
-        return bool(self.history) and diverged(self.history[-1])
-
 
 def diverged(row: dict[str, Any]) -> bool:
     """Whether a metrics row's training loss is NaN or infinite."""
     return not math.isfinite(row["train_loss"])
+
+
+def stopped_by_divergence(cfg: config_lib.TrainConfig, history: list[dict[str, Any]]) -> bool:
+    """Whether a run with this history is over for divergence: its last epoch diverged
+    and its config says to stop there (the one rule for the loop, the study and the CLI)."""
+    return cfg.on_divergence == "stop" and bool(history) and diverged(history[-1])
 
 
 @dataclasses.dataclass
@@ -97,7 +99,7 @@ class _Run:
             self.history = []
         self.live = self.state  # what the next epoch consumes
         # A run stopped for divergence stays stopped on a rerun (unless told to continue).
-        self.stopped = self.cfg.on_divergence == "stop" and bool(self.history) and diverged(self.history[-1])
+        self.stopped = stopped_by_divergence(self.cfg, self.history)
         self.dispatched = len(self.history)
         rundir.write_metric_logs(self.workdir, self.history)
 
@@ -289,7 +291,7 @@ def train_runs(
                 runs[i].record(state, row)
                 if on_epoch:
                     on_epoch(runs[i].spec, row)
-                if diverged(row) and runs[i].cfg.on_divergence == "stop":
+                if stopped_by_divergence(runs[i].cfg, runs[i].history):
                     runs[i].stopped = True
                     checkpoint.warn(
                         f"{runs[i].workdir}: diverged at epoch {row['epoch']} (training loss {row['train_loss']}); "

@@ -290,7 +290,7 @@ def phase_status(workdir: Path, phase_cfg: config_lib.TrainConfig) -> str | None
     with checkpoint.RunCheckpoints(folder, read_only=True) as ck:
         latest = ck.latest()
         history = ck.meta(latest).get("history") if latest is not None else None
-    if history and phase_cfg.on_divergence == "stop" and loop.diverged(history[-1]):
+    if loop.stopped_by_divergence(phase_cfg, history or []):
         status = "diverged"  # also at its last epoch: its weights are no parent's
     elif latest == phase_cfg.epochs:
         status = "finished"
@@ -512,7 +512,7 @@ def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None,
             done.add(phase.name)
             pending.remove(phase)
             n_done += 1
-            if result.diverged and phase_config(cfg, phase).on_divergence == "stop":
+            if loop.stopped_by_divergence(phase_config(cfg, phase), result.history):
                 failed[phase.name] = phase.name
                 log(f"[{n_done}/{len(phases)}] {phase.name}: diverged at epoch {result.history[-1]['epoch']}")
                 continue
