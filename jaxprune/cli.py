@@ -28,6 +28,7 @@ if __name__ == "__main__":  # python -m jaxprune.cli: handle signals before JAX 
 
 from jaxprune import config as config_lib  # noqa: E402 (JAX comes with these)
 from jaxprune import data as data_lib  # noqa: E402
+from jaxprune import rundir  # noqa: E402
 
 EXIT_USAGE = 2
 
@@ -87,19 +88,11 @@ def train_config(args: argparse.Namespace) -> config_lib.TrainConfig:
     return config_lib.TrainConfig(**{**preset, **_overrides(args, config_lib.TrainConfig)})
 
 
-def _recipe_hash(cfg) -> str:
-    """Six hex digits of the config's identity: different recipes never share a default directory."""
-    import hashlib
-    import json
-
-    text = json.dumps(config_lib.identity(cfg), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:6]
-
-
 def default_train_workdir(cfg: config_lib.TrainConfig) -> Path:
-    """runs/train-<data kind>-w<width>-e<epochs>-<dtype>-s<seed>-<recipe hash>."""
+    """runs/train-<data kind>-w<width>-e<epochs>-<dtype>-s<seed>-<hash of the non-default recipe fields>."""
     kind = cfg.data.split(":")[0]
-    return Path("runs") / f"train-{kind}-w{cfg.width}-e{cfg.epochs}-{cfg.dtype}-s{cfg.seed}-{_recipe_hash(cfg)}"
+    stem = f"train-{kind}-w{cfg.width}-e{cfg.epochs}-{cfg.dtype}-s{cfg.seed}"
+    return rundir.default_directory(Path("runs"), stem, cfg, study=False)
 
 
 def study_config(args: argparse.Namespace) -> config_lib.StudyConfig:
@@ -109,17 +102,15 @@ def study_config(args: argparse.Namespace) -> config_lib.StudyConfig:
 
 
 def default_study_workdir(cfg: config_lib.StudyConfig) -> Path:
-    """runs/study-<data kind>-w<width>-b<baseline epochs>-r<round epochs>-<dtype>-s<seed>-<recipe hash>.
+    """runs/study-<data kind>-w<width>-b<baseline epochs>-r<round epochs>-<dtype>-s<seed>-<hash of the non-default recipe fields>.
 
     From the shared recipe alone (not the methods, schedules or targets), so
     that studies which differ only in what they cover grow one directory:
     `scripts/oneshot.py` then `scripts/iterative.py` share one baseline.
     """
     t = cfg.train
-    return Path("runs") / (
-        f"study-{t.data.split(':')[0]}-w{t.width}-b{cfg.baseline_epochs}-r{cfg.round_epochs}"
-        f"-{t.dtype}-s{t.seed}-{_recipe_hash(cfg)}"
-    )
+    stem = f"study-{t.data.split(':')[0]}-w{t.width}-b{cfg.baseline_epochs}-r{cfg.round_epochs}-{t.dtype}-s{t.seed}"
+    return rundir.default_directory(Path("runs"), stem, cfg, study=True)
 
 
 # ---------------------------------------------------------------- commands

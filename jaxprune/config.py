@@ -9,6 +9,7 @@ directory whose saved config differs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import typing
@@ -244,15 +245,41 @@ def from_dict(cls, d: dict[str, Any]):
     return cls(**kwargs)
 
 
-def identity(cfg) -> dict[str, Any]:
-    """The fields that determine results (for refusing to mix runs)."""
+def identity(cfg, *, changed_only: bool = False) -> dict[str, Any]:
+    """The fields that determine results (for refusing to mix runs); with
+    changed_only, just those that differ from their defaults (for names)."""
     out = {}
     for f in dataclasses.fields(cfg):
         if not f.metadata.get("identity", True):
             continue
         value = getattr(cfg, f.name)
-        out[f.name] = identity(value) if dataclasses.is_dataclass(value) else value
+        if dataclasses.is_dataclass(value):
+            value = identity(value, changed_only=changed_only)
+            if changed_only and not value:
+                continue
+        elif changed_only and value == (f.default if f.default is not dataclasses.MISSING else f.default_factory()):
+            continue
+        out[f.name] = value
     return out
+
+
+def saved_identity(cls, saved: dict[str, Any]) -> dict[str, Any]:
+    """The identity of a config saved by any release, read under today's fields.
+
+    A field the saving release did not have reads as its default, so adding a
+    field (with a default that reproduces the old behaviour, the rule for every
+    new field) never makes an existing run or study "a different run". A field
+    since removed is ignored. open_lth names its runs the same way
+    (foundations/hparams.py: only fields that differ from their defaults count).
+    """
+    return identity(from_dict(cls, saved))
+
+
+def identity_hash(cfg) -> str:
+    """Six hex digits of the identity fields that differ from their defaults: a new
+    field left at its default never changes a name made from it."""
+    text = json.dumps(identity(cfg, changed_only=True), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

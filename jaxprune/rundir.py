@@ -17,6 +17,7 @@ import contextlib
 import csv
 import errno
 import fcntl
+import glob
 import io
 import json
 import os
@@ -155,6 +156,29 @@ def read_record(directory: Path) -> dict[str, Any] | None:
     return record
 
 
+def holds_same(directory: Path, cfg, *, study: bool) -> bool:
+    """Whether `directory` holds a run (or study) with cfg's identity, read as `claim` reads it."""
+    try:
+        saved = read_record(directory)
+    except RunDirError:
+        return False
+    if saved is None or ("phases" in saved) != study or not isinstance(saved["identity"].get("config"), dict):
+        return False
+    held = json.loads(json.dumps(config_lib.saved_identity(type(cfg), saved["identity"]["config"])))
+    return held == json.loads(json.dumps(config_lib.identity(cfg)))
+
+
+def default_directory(parent: Path, stem: str, cfg, *, study: bool) -> Path:
+    """PARENT/STEM-<identity hash>, or the directory an earlier release named for the same
+    run: its hash then covered every field, so a field added since changed the name."""
+    path = Path(parent) / f"{stem}-{config_lib.identity_hash(cfg)}"
+    if not path.exists() and Path(parent).is_dir():
+        for old in sorted(Path(parent).glob(f"{glob.escape(stem)}-" + "[0-9a-f]" * 6)):
+            if old.is_dir() and holds_same(old, cfg, study=study):
+                return old
+    return path
+
+
 def _short(text: str, n: int = 100) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
@@ -174,7 +198,10 @@ def claim(directory: Path, cfg, extra: dict | None = None, *, record_extra: dict
         if ("phases" in saved) != study:
             held, wanted = ("a study", "a training run") if "phases" in saved else ("a training run", "a study")
             raise RunDirError(f"{directory} holds {held}, not {wanted}; use another --workdir")
-        diffs = config_lib.differences(saved["identity"], current)
+        held = dict(saved["identity"])
+        if isinstance(held.get("config"), dict):  # fields added since it was saved read as their defaults
+            held["config"] = json.loads(json.dumps(config_lib.saved_identity(type(cfg), held["config"])))
+        diffs = config_lib.differences(held, current)
         if diffs:
             raise RunDirError(
                 f"{directory} holds a different run ({'; '.join(_short(d) for d in diffs[:3])}); "

@@ -41,3 +41,71 @@ def test_a_study_from_release_5ccc1bf_resumes_with_nothing_retrained_and_grows(t
     assert {p: rundir.read_metrics(w / p) for p in old_metrics} == old_metrics
     assert rundir.read_record(w / "oneshot-magnitude-0.75" / "round-01")["data_fingerprint"].startswith("128+32 ")
     assert (w / "report" / "report.md").is_file()
+
+
+# ---------------------------------------------------------------- fields added by a later release
+
+import dataclasses  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+from jaxprune import config as config_lib  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class _LaterTrainConfig(config_lib.TrainConfig):
+    """TrainConfig as a later release might have it: one more identity field, with a
+    default that reproduces today's behaviour."""
+
+    label_smoothing: float = config_lib._field(0.0, "a field today's release does not have")
+
+
+def test_a_field_added_later_at_its_default_changes_neither_the_hash_nor_the_identity_check(tmp_path):
+    cfg = config_lib.TrainConfig(width=2, epochs=3)
+    later = _LaterTrainConfig(width=2, epochs=3)
+    assert config_lib.identity_hash(later) == config_lib.identity_hash(cfg)
+    assert config_lib.identity_hash(_LaterTrainConfig(width=2, epochs=3, label_smoothing=0.1)) != config_lib.identity_hash(cfg)
+    # Only fields off their defaults are hashed: the defaults' hash is that of no field at all.
+    assert config_lib.identity_hash(config_lib.TrainConfig()) == hashlib.sha256(b"{}").hexdigest()[:6]
+    assert config_lib.identity_hash(config_lib.TrainConfig(progress=False)) == config_lib.identity_hash(config_lib.TrainConfig())
+
+    rundir.claim(tmp_path, cfg)  # today's release makes the directory
+    rundir.claim(tmp_path, later)  # the later one resumes it: the missing field reads as its default
+    with pytest.raises(rundir.RunDirError, match=r"label_smoothing: 0.0 there, 0.1 now"):
+        rundir.claim(tmp_path, _LaterTrainConfig(width=2, epochs=3, label_smoothing=0.1))
+
+
+def test_a_saved_record_missing_a_field_reads_it_as_the_default(tmp_path):
+    cfg = config_lib.TrainConfig(width=2, epochs=3)
+    rundir.claim(tmp_path, cfg)
+    record = json.loads((tmp_path / "config.json").read_text())
+    del record["identity"]["config"]["val_split"]  # as a release before --val-split wrote it
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    rundir.claim(tmp_path, cfg)
+    with pytest.raises(rundir.RunDirError, match=r"val_split: 0 there, 500 now"):
+        rundir.claim(tmp_path, dataclasses.replace(cfg, val_split=500))
+    with pytest.raises(rundir.RunDirError, match=r"width: 2 there, 4 now"):
+        rundir.claim(tmp_path, dataclasses.replace(cfg, width=4))
+
+
+def test_the_default_directory_an_earlier_release_named_is_found_and_resumed(tmp_path, monkeypatch, capsys):
+    """5ccc1bf hashed every identity field into a default --workdir's name; today only the
+    fields off their defaults are hashed. The old directory is found by its contents."""
+    saved = json.loads((FIXTURES / "study-5ccc1bf" / "config.json").read_text())["identity"]["config"]
+    old_hash = hashlib.sha256(json.dumps(saved, sort_keys=True).encode()).hexdigest()[:6]  # 5ccc1bf's _recipe_hash
+    old = tmp_path / "runs" / f"study-synthetic-w2-b1-r1-float32-s0-{old_hash}"
+    shutil.copytree(FIXTURES / "study-5ccc1bf", old)
+    monkeypatch.chdir(tmp_path)
+    cfg = cli.study_config(cli.build_parser().parse_args([*ARGS, "--targets", "0.5"]))
+    assert config_lib.identity_hash(cfg) != old_hash
+    assert cli.default_study_workdir(cfg) == Path("runs") / old.name
+    # Another recipe gets a new directory, not the old one.
+    other = cli.study_config(cli.build_parser().parse_args([*ARGS, "--targets", "0.5", "--lr", "0.05"]))
+    assert cli.default_study_workdir(other).name == f"study-synthetic-w2-b1-r1-float32-s0-{config_lib.identity_hash(other)}"
+    before = rundir.read_metrics(old / "baseline")
+    assert cli.main([*ARGS, "--targets", "0.5"]) == 0
+    assert "3 phases (3 finished), 0 of 3 epochs to train" in capsys.readouterr().out
+    assert rundir.read_metrics(old / "baseline") == before
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [old.name]
