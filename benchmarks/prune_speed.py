@@ -24,7 +24,7 @@ import numpy as np
 
 import jaxprune
 from timing import median_seconds
-from jaxprune import selection
+from jaxprune.masks import selection
 from jaxprune.models import ResNet18
 
 

@@ -45,6 +45,7 @@ import orbax.checkpoint as ocp
 
 from jaxprune import hosts
 from jaxprune.faults import fault_point
+from jaxprune.errors import UserError
 
 KIND = "jaxprune-checkpoint"
 MODEL, TRAIN, META = "model", "train", "meta"
@@ -59,7 +60,7 @@ def selection_metric(val_split: int) -> str:
     return "val_acc" if val_split else "test_acc"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A path that is not a usable jaxprune checkpoint."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jaxprune import interrupt
+from jaxprune.errors import UserError
 
 if __name__ == "__main__":  # python -m jaxprune.cli: handle signals before JAX is imported
     interrupt.at_startup()
@@ -33,8 +34,8 @@ from jaxprune import rundir  # noqa: E402
 EXIT_USAGE = 2
 
 
-class UsageError(Exception):
-    """A user's mistake: printed as one line, exit status 2."""
+class UsageError(UserError):
+    """A mistake in the command line's arguments: printed as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -294,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", help="a run directory, its checkpoints/ folder, or one epoch's folder")
     p.add_argument("--data", help="data source to evaluate on (default: the one the run trained on)")
-    p.add_argument("--best", action="store_true", help="use the best epoch by test accuracy instead of the latest")
+    p.add_argument("--best", action="store_true", help="use the run's best epoch instead of the latest: by validation accuracy when it held out --val-split images, else by test accuracy")
     p.add_argument("--batch-size", type=int, help="images per evaluation batch (default: the run's)")
 
     p = sub.add_parser(
@@ -355,8 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "epoch's folder (which then overrides --which)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the three files into")
     p.add_argument("--which", choices=("best", "latest"), default="best",
-                   help="best: the epoch with the highest test accuracy; latest: the last saved "
-                        "epoch (default: %(default)s)")
+                   help="best: the epoch with the highest validation accuracy when the run held out "
+                        "--val-split images, else test accuracy; latest: the last saved epoch (default: %(default)s)")
     return parser
 
 
@@ -400,28 +401,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     hosts.request_collective_timeouts()
     enable_compilation_cache()
-    from jaxprune.checkpoint import CheckpointError, WriteError, install_quiet_hooks, storage_cause
+    from jaxprune.checkpoint import WriteError, install_quiet_hooks, storage_cause
 
     install_quiet_hooks()
-    from jaxprune.data import DataError
-    try:
-        from jaxprune.report import ReportError
-    except ImportError:  # no pandas or scipy here: every command but report still works
-        ReportError = UsageError
-    from jaxprune.study import StudyError
     from jaxprune.interrupt import Interrupted
-    from jaxprune.rundir import RunDirError
-    from jaxprune.export import ExportError
 
-    user_errors = (UsageError, config_lib.ConfigError, DataError, CheckpointError, RunDirError,
-                   StudyError, ReportError, ExportError)
     try:
         _join_job(args)
         # Training stops at its next safe point; the rest write through temporary names and stop at once.
         scope = interrupt.stop_at_safe_points if args.command in ("train", "study") else interrupt.stop_at_once
         with scope():
             return _leave_job(COMMANDS[args.command](args))
-    except user_errors as e:
+    except UserError as e:  # every module's own kind, one line each
         print(f"jaxprune {args.command}: error: {e}", file=sys.stderr)
         return _leave_job(EXIT_USAGE)
     except Interrupted as e:

@@ -15,10 +15,11 @@ import math
 import typing
 from typing import Any
 
-from jaxprune import data
+from jaxprune import data, kernels
+from jaxprune.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A field has a value the run cannot use; the message says which and why."""
 
 
@@ -188,10 +189,9 @@ class TrainConfig:
         if not 0 <= self.weight_decay < math.inf:
             raise ConfigError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         _check_choices(self)
-        if self.exclude:
-            from jaxprune import train  # late: it checks the patterns against the model's kernels
-
-            train.check_exclude(self)
+        problem = kernels.exclude_problem(self.width, tuple(self.exclude))
+        if problem:
+            raise ConfigError(problem)
         return self
 
 

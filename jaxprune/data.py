@@ -24,6 +24,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxprune.errors import UserError
 
 # torchvision's CIFAR-10 normalisation, as in kuangliu/pytorch-cifar.
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -36,7 +37,7 @@ TEST_FILE = "test_batch.bin"
 DEFAULT_CIFAR10_DIR = "~/.cache/cifar10"  # where `jaxprune data cifar10` writes by default
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Missing or malformed data; the message says what to do."""
 
 

@@ -10,24 +10,24 @@ Two kinds of parallelism, combined:
   the program is the single-device one.
 
 A single run's state and the data set are replicated. With several hosts,
-``jax.distributed.initialize()`` (see `initialize_distributed`) makes every
+``jax.distributed.initialize()`` (see `hosts.initialize`) makes every
 device of every host part of the mesh.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxprune.errors import UserError
 
 RUNS = "runs"
 DATA = "data"
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError):
     """Devices, run axis and batch size that do not fit together (a user's mistake)."""
 
 
@@ -139,15 +139,3 @@ def abstract_replicated(abstract: Any, m: Mesh) -> Any:
     sharding = replicated(m)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
 
-
-def initialize_distributed() -> bool:
-    """Joins a multi-host job when JAX's coordinator settings are in the environment.
-
-    Set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or run
-    under a cluster JAX detects: SLURM, Open MPI, Cloud TPU). Returns whether
-    it initialised.
-    """
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("JAXPRUNE_DISTRIBUTED") == "1":
-        jax.distributed.initialize()
-        return True
-    return False

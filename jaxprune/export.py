@@ -63,6 +63,7 @@ import numpy as np
 import safetensors.numpy
 
 from jaxprune import checkpoint, config as config_lib, data, masks as masks_lib
+from jaxprune.errors import UserError
 from jaxprune.faults import fault_point
 
 FORMAT = "jaxprune-export"
@@ -83,7 +84,7 @@ _TENSORS = {"conv": ("weight",), "linear": ("weight", "bias"),
 _META_SHOWN = {"config", "metrics", "history", "epoch", "kind", "jaxprune_version"}
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """A request the export cannot carry out (bad OUT_DIR, a tree that is not ResNet18)."""
 
 

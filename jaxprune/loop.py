@@ -29,12 +29,9 @@ import jax
 import jax.numpy as jnp
 
 import jaxprune
-from jaxprune import checkpoint, config as config_lib, data, devices, hosts, interrupt, rundir, train
+from jaxprune import checkpoint, config as config_lib, data, devices, hosts, interrupt, kernels, rundir, train
 from jaxprune.faults import fault_point
 from jaxprune.models import init_variables
-
-METRIC_FIELDS = rundir.METRIC_FIELDS
-
 
 @dataclasses.dataclass
 class RunResult:
@@ -46,7 +43,7 @@ class RunResult:
     """
 
     state: train.TrainState
-    history: list[dict[str, Any]]  # one row per epoch, METRIC_FIELDS
+    history: list[dict[str, Any]]  # one row per epoch, rundir.METRIC_FIELDS
 
     @property
     def best_test_acc(self) -> float:
@@ -183,6 +180,127 @@ def _snapshots(state, n: int | None, mesh):
     return jax.lax.with_sharding_constraint(copies, devices.replicated(mesh))
 
 
+class _Group:
+    """Runs trained together: their data on the device, their compiled functions, and
+    the epoch in flight. `run` trains them to the end or to an agreed stop."""
+
+    def __init__(self, runs: list[_Run], fns: train.StepFns, mesh, dataset: data.Dataset, *, run_axis: int,
+                 n_steps: int, bar, on_epoch, trace):
+        self.runs, self.fns, self.mesh, self.run_axis, self.n_steps = runs, fns, mesh, run_axis, n_steps
+        self.batched = run_axis > 1
+        self.cfg = runs[0].cfg
+        self.bar, self.on_epoch, self.trace = bar, on_epoch, trace
+        # The whole data set lives on every device; batches are gathered there.
+        self.train_x, self.train_y, self.test_x, self.test_y = devices.put_replicated(
+            (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels), mesh
+        )
+        self.val = None if dataset.val_labels is None else devices.put_replicated(
+            (dataset.val_images, dataset.val_labels), mesh)
+        self.prunable = kernels.counts(self.cfg.width, tuple(self.cfg.exclude))[1]
+        self.last_ready = time.perf_counter()  # when the previous epoch's results were read
+
+    def dispatch(self, members: tuple[int, ...], epoch: int, state) -> tuple[Any, _Flight]:
+        """Queues one epoch and its evaluation for `members` (their state, stacked when
+        batched); returns the state the next epoch consumes and the flight to finish."""
+        t0 = time.perf_counter()
+        fns = self.fns
+        state, train_m = fns.train_epoch(state, self.train_x, self.train_y, epoch)
+        test_m = fns.evaluate(state.params, state.batch_stats, state.masks, self.test_x, self.test_y)
+        if self.val is not None:
+            val_m = fns.evaluate(state.params, state.batch_stats, state.masks, *self.val)
+            test_m = {**test_m, "val_loss": val_m["test_loss"], "val_acc": val_m["test_acc"]}
+        snapshots = _snapshots(state, len(members) if self.batched else None, self.mesh)
+        flight = _Flight(members, epoch, snapshots, {**train_m, **test_m}, t0)
+        if self.trace is not None:
+            flight.trace = {"epoch": epoch, "dispatch_start": t0, "dispatch_end": time.perf_counter()}
+            _watch_ready(flight)
+        for i in members:
+            self.runs[i].dispatched = epoch
+        return state, flight
+
+    def finish(self, flight: _Flight) -> None:
+        """Reads a flight's metrics (the epoch's one host sync), then saves and logs each
+        member's epoch, and stops the members that diverged."""
+        metrics = hosts.to_host(flight.metrics)
+        now = time.perf_counter()
+        seconds = (now - max(flight.dispatched_at, self.last_ready)) / len(flight.members)
+        self.last_ready = now
+        row = None
+        for j, (i, state) in enumerate(zip(flight.members, flight.snapshots)):
+            run = self.runs[i]
+            if run.stopped:  # diverged in the epoch before: this one was already in flight
+                continue
+            row = self._row(flight.epoch, {k: (v[j] if self.batched else v) for k, v in metrics.items()}, seconds)
+            run.record(state, row)
+            if self.on_epoch:
+                self.on_epoch(run.spec, row)
+            if stopped_by_divergence(run.cfg, run.history):
+                run.stopped = True
+                checkpoint.warn(
+                    f"{run.workdir}: diverged at epoch {row['epoch']} (training loss {row['train_loss']}); "
+                    "stopped it there (--on-divergence continue trains on)"
+                )
+            self.bar.update(1)
+        if row is not None:
+            self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{100 * row['test_acc']:.2f}%")
+        if self.trace is not None:
+            flight.watcher.join()
+            self.trace.append(flight.trace)
+
+    def _row(self, epoch: int, m: dict[str, Any], seconds: float) -> dict[str, Any]:
+        kept = int(m.pop("kept"))
+        return {
+            "epoch": epoch,
+            "step": epoch * self.n_steps,
+            "lr": train.epoch_lr(self.cfg, self.n_steps, epoch),
+            "sparsity": 1 - kept / self.prunable,  # exact, from the count (it moves in gradual pruning)
+            "val_loss": None, "val_acc": None,
+            **{k: float(v) for k, v in m.items()},
+            "seconds": seconds,
+        }
+
+    def next_epoch(self) -> tuple[int, tuple[int, ...]] | None:
+        """The next epoch to dispatch and the runs at it (the laggards first), or None when done."""
+        pending = [r for r in self.runs if r.dispatched < r.cfg.epochs and not r.stopped]
+        if not pending:
+            return None
+        epoch = min(r.dispatched for r in pending) + 1
+        return epoch, tuple(i for i, r in enumerate(self.runs) if r.dispatched + 1 == epoch)
+
+    def run(self) -> int | None:
+        """Trains every run to its end, one epoch in flight while the previous one is
+        saved. Returns the signal all processes agreed to stop at, or None."""
+        flight, group, stacked = None, None, None
+        stopping = hosts.agreed_signal(interrupt.requested())
+        while stopping is None and (nxt := self.next_epoch()) is not None:
+            epoch, members = nxt
+            if self.batched:
+                if group != members:
+                    if flight is not None:  # the new stack needs every member's latest state
+                        self.finish(flight)
+                        flight = None
+                    padded = [*members, *[members[0]] * (self.run_axis - len(members))]
+                    group, stacked = members, _stack([self.runs[i].state for i in padded], self.mesh)
+                work = [(members, stacked)]
+            else:
+                work = [((i,), self.runs[i].live) for i in members]
+            for unit, state in work:
+                state, new = self.dispatch(unit, epoch, state)
+                if self.batched:
+                    stacked = state
+                else:
+                    self.runs[unit[0]].live = state
+                if flight is not None:
+                    self.finish(flight)
+                flight = new
+                # The same answer on every process of a job.
+                if (stopping := hosts.agreed_signal(interrupt.requested())) is not None:
+                    break
+        if flight is not None:
+            self.finish(flight)
+        return stopping
+
+
 def train_runs(
     specs: list[RunSpec],
     *,
@@ -218,7 +336,6 @@ def train_runs(
     run_axis = run_axis or len(specs)
     if run_axis < len(specs):
         raise ValueError(f"run_axis {run_axis} is smaller than the {len(specs)} runs")
-    batched = run_axis > 1
     if not specs:
         return []
     for spec in specs:
@@ -226,9 +343,7 @@ def train_runs(
     cfg = specs[0].cfg
     if any(train.compile_key(s.cfg) != train.compile_key(cfg) for s in specs):
         raise config_lib.ConfigError("runs trained together must share their recipe (all but the seed)")
-    if dataset is None:
-        dataset = data.load(cfg.data)
-    dataset = dataset.prepared(cfg)
+    dataset = (data.load(cfg.data) if dataset is None else dataset).prepared(cfg)
     n_train = len(dataset.train_labels)
     n_steps = train.steps_per_epoch(cfg, n_train)
     if n_steps == 0:
@@ -237,107 +352,15 @@ def train_runs(
         )
     tx = train.make_optimizer(cfg, n_steps)
     mesh = devices.mesh_for(cfg.devices, cfg.batch_size, run_axis)
-    fns = train.step_fns_for(train.compile_key(cfg), n_steps, runs=batched, mesh=mesh)
+    fns = train.step_fns_for(train.compile_key(cfg), n_steps, runs=run_axis > 1, mesh=mesh)
     with contextlib.ExitStack() as stack:
-        runs: list[_Run] = []
         fingerprint = data.fingerprint(dataset)
-        for spec in specs:  # each claims its directory only now, so bad input writes nothing
-            runs.append(_Run(spec, tx, mesh, stack, fingerprint))
-        # The whole data set lives on every device; batches are gathered there.
-        train_x, train_y, test_x, test_y = devices.put_replicated(
-            (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels), mesh
-        )
-        val = None if dataset.val_labels is None else devices.put_replicated((dataset.val_images, dataset.val_labels), mesh)
+        # Each claims its directory only now, so bad input writes nothing.
+        runs = [_Run(spec, tx, mesh, stack, fingerprint) for spec in specs]
         bar = stack.enter_context(_progress(cfg, runs))
-        prunable = sum(math.prod(m.shape) for m in jax.tree.leaves(train.abstract_state(cfg, tx, mesh).masks) if m.ndim)
-        last_ready = [time.perf_counter()]
-
-        def dispatch(members: tuple[int, ...], epoch: int, state) -> tuple[Any, _Flight]:
-            t0 = time.perf_counter()
-            state, train_m = fns.train_epoch(state, train_x, train_y, epoch)
-            test_m = fns.evaluate(state.params, state.batch_stats, state.masks, test_x, test_y)
-            if val is not None:
-                val_m = fns.evaluate(state.params, state.batch_stats, state.masks, *val)
-                test_m = {**test_m, "val_loss": val_m["test_loss"], "val_acc": val_m["test_acc"]}
-            snapshots = _snapshots(state, len(members) if batched else None, mesh)
-            flight = _Flight(members, epoch, snapshots, {**train_m, **test_m}, t0)
-            if trace is not None:
-                flight.trace = {"epoch": epoch, "dispatch_start": t0, "dispatch_end": time.perf_counter()}
-                _watch_ready(flight)
-            for i in members:
-                runs[i].dispatched = epoch
-            return state, flight
-
-        def finish(flight: _Flight) -> None:
-            metrics = hosts.to_host(flight.metrics)  # the epoch's one host sync
-            now = time.perf_counter()
-            seconds = (now - max(flight.dispatched_at, last_ready[0])) / len(flight.members)
-            last_ready[0] = now
-            row = None
-            for j, (i, state) in enumerate(zip(flight.members, flight.snapshots)):
-                if runs[i].stopped:  # diverged in the epoch before: this one was already in flight
-                    continue
-                m = {k: (v[j] if batched else v) for k, v in metrics.items()}
-                kept = int(m.pop("kept"))
-                row = {
-                    "epoch": flight.epoch,
-                    "step": flight.epoch * n_steps,
-                    "lr": train.epoch_lr(cfg, n_steps, flight.epoch),
-                    "sparsity": 1 - kept / prunable,  # exact, from the count (it moves in gradual pruning)
-                    "val_loss": None, "val_acc": None,
-                    **{k: float(v) for k, v in m.items()},
-                    "seconds": seconds,
-                }
-                runs[i].record(state, row)
-                if on_epoch:
-                    on_epoch(runs[i].spec, row)
-                if stopped_by_divergence(runs[i].cfg, runs[i].history):
-                    runs[i].stopped = True
-                    checkpoint.warn(
-                        f"{runs[i].workdir}: diverged at epoch {row['epoch']} (training loss {row['train_loss']}); "
-                        "stopped it there (--on-divergence continue trains on)"
-                    )
-                bar.update(1)
-            if row is not None:
-                bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{100 * row['test_acc']:.2f}%")
-            if trace is not None:
-                flight.watcher.join()
-                trace.append(flight.trace)
-
-        flight, group, stacked = None, None, None
-        def stop() -> int | None:  # the same answer on every process of a job
-            return hosts.agreed_signal(interrupt.requested())
-
-        stopping = None
-        while stopping is None and (stopping := stop()) is None:
-            pending = [r for r in runs if r.dispatched < r.cfg.epochs and not r.stopped]
-            if not pending:
-                break
-            epoch = min(r.dispatched for r in pending) + 1
-            members = tuple(i for i, r in enumerate(runs) if r.dispatched + 1 == epoch)
-            if batched:
-                if group != members:
-                    if flight is not None:  # the new stack needs every member's latest state
-                        finish(flight)
-                        flight = None
-                    padded = [*members, *[members[0]] * (run_axis - len(members))]
-                    group, stacked = members, _stack([runs[i].state for i in padded], mesh)
-                work = [(members, stacked)]
-            else:
-                work = [((i,), runs[i].live) for i in members]
-            for unit, state in work:
-                state, new = dispatch(unit, epoch, state)
-                if batched:
-                    stacked = state
-                else:
-                    runs[unit[0]].live = state
-                if flight is not None:
-                    finish(flight)
-                flight = new
-                if (stopping := stop()) is not None:
-                    break
-        if flight is not None:
-            finish(flight)
+        group = _Group(runs, fns, mesh, dataset, run_axis=run_axis, n_steps=n_steps, bar=bar, on_epoch=on_epoch,
+                       trace=trace)
+        stopping = group.run()
         if stopping is not None:
             raise interrupt.Interrupted(stopping)
     return [RunResult(r.state, r.history) for r in runs]

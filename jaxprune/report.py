@@ -40,13 +40,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from jaxprune.errors import UserError
 from jaxprune.faults import fault_point
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """No usable results.csv."""
 
 

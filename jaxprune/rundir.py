@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import jaxprune
 from jaxprune import config as config_lib, hosts
+from jaxprune.errors import UserError
 
 LOCK, CONFIG = ".lock", "config.json"
 # val_loss and val_acc are empty unless the run holds out a validation split.
@@ -35,7 +36,7 @@ METRIC_FIELDS = (
 )
 
 
-class RunDirError(ValueError):
+class RunDirError(UserError):
     """A directory in use by another process, or holding a different run."""
 
 

@@ -30,16 +30,15 @@ for work that was lost, and its rows are in plan order once the study ends.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
 
-from jaxprune import checkpoint, config as config_lib, data, hosts, loop, masks as masks_lib, rundir, train
+from jaxprune import checkpoint, config as config_lib, data, hosts, kernels, loop, masks as masks_lib, rundir, train
+from jaxprune.errors import UserError
 from jaxprune.faults import fault_point
 from jaxprune.models import init_variables
 
@@ -51,7 +50,7 @@ RESULT_FIELDS = (
 BASELINE = "baseline"
 
 
-class StudyError(ValueError):
+class StudyError(UserError):
     """A study that cannot run as asked; the message says why."""
 
 
@@ -65,7 +64,7 @@ def target_name(target: float) -> str:
 class Phase:
     """One training phase of the study.
 
-    schedule: "baseline", "oneshot" or "iterative".
+    schedule: "baseline", or one of config.SCHEDULES ("oneshot", "iterative", "gradual").
     target: the chain's target sparsity (0 for the baseline).
     round: 1-based pruning round within the chain (0 for the baseline).
     count: the exact number of weights pruned from the parent's remaining
@@ -124,13 +123,9 @@ class Phase:
 BASELINE_PHASE = Phase(BASELINE, "", 0.0, 0, 0, 0.0, None)
 
 
-@functools.lru_cache(maxsize=16)
 def model_shapes(cfg: config_lib.TrainConfig) -> tuple[int, int]:
     """(prunable weights, all parameters) of the model `cfg` builds (shapes only, no compute)."""
-    shapes = train.abstract_state(cfg).params
-    flags = masks_lib.prunable(shapes, train.mask_filter(cfg))
-    sizes = [math.prod(p.shape) for p in jax.tree.leaves(shapes)]
-    return sum(n for n, f in zip(sizes, jax.tree.leaves(flags)) if f), sum(sizes)
+    return kernels.counts(cfg.width, tuple(cfg.exclude))[1:]
 
 
 def prunable_total(cfg: config_lib.TrainConfig) -> int:
@@ -151,15 +146,6 @@ def iterative_counts(total: int, step: float, target: float, pruned: int = 0) ->
             raise StudyError(f"--step {step} never reaches target {target}: a round would prune nothing")
         out.append(k)
         remaining -= k
-    return out
-
-
-def iterative_sparsities(total: int, step: float, target: float, pruned: int = 0) -> list[float]:
-    """Global sparsity after each iterative round until it reaches `target`, from exact counts."""
-    out, remaining = [], total - pruned
-    for k in iterative_counts(total, step, target, pruned):
-        remaining -= k
-        out.append(1 - remaining / total)
     return out
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.struct
 import jax
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxprune import config as config_lib, data, devices, masks as masks_lib
+from jaxprune import config as config_lib, data, devices, kernels, masks as masks_lib
 from jaxprune.models import ResNet18, init_variables
 
 
@@ -99,46 +99,13 @@ def make_optimizer(cfg: config_lib.TrainConfig, steps_per_epoch: int) -> optax.G
     )
 
 
-def mask_filter(cfg: config_lib.TrainConfig):
-    """Which leaves may be pruned: conv and dense kernels, minus cfg.exclude."""
-    return masks_lib.exclude(*cfg.exclude) if cfg.exclude else None
-
-
-@functools.lru_cache(maxsize=4)
-def _abstract_params(width: int) -> dict:
-    """ResNet18's params at `width` as ShapeDtypeStructs (no compute)."""
-    model = ResNet18(num_classes=data.NUM_CLASSES, width=width)
-    return jax.eval_shape(lambda: init_variables(model, 0))["params"]
-
-
-def _prunable_count(width: int, patterns: tuple[str, ...]) -> int:
-    """Kernels of ResNet18 at `width` that stay prunable with `patterns` excluded."""
-    keep = masks_lib.exclude(*patterns) if patterns else None
-    return sum(jax.tree.leaves(masks_lib.prunable(_abstract_params(width), keep)))
-
-
-def check_exclude(cfg: config_lib.TrainConfig) -> None:
-    """Raises ConfigError when an --exclude pattern names no kernel (a typo would
-    silently prune everything) or the patterns leave no kernel to prune."""
-    if not cfg.exclude:
-        return
-    for pattern in cfg.exclude:
-        if _prunable_count(cfg.width, (pattern,)) == _prunable_count(cfg.width, ()):
-            raise config_lib.ConfigError(
-                f"--exclude {pattern!r} matches no kernel; kernels are named like stem_conv/kernel, "
-                "layer1_0/conv1/kernel, layer2_0/shortcut_conv/kernel, head/kernel"
-            )
-    if _prunable_count(cfg.width, tuple(cfg.exclude)) == 0:
-        raise config_lib.ConfigError(f"--exclude {' '.join(cfg.exclude)} leaves no kernel to prune")
-
-
 def _new_state(
     variables: dict, tx: optax.GradientTransformation, seed: int, masks: Any = None, exclude: tuple = ()
 ) -> TrainState:
     """The state at step 0 (traceable, so `abstract_state` can take its shapes)."""
     params = variables["params"]
     if masks is None:
-        masks = masks_lib.init_masks(params, masks_lib.exclude(*exclude) if exclude else None)
+        masks = masks_lib.init_masks(params, kernels.mask_filter(tuple(exclude)))
     params = masks_lib.apply_masks(params, masks)
     return TrainState(
         params=params,
@@ -167,15 +134,27 @@ def create_train_state(
 # ---------------------------------------------------------------- pure steps
 
 
-@flax.struct.dataclass
-class StepFns:
-    """The jitted functions of one (model, optimiser, batch size) combination."""
+class Recipe(NamedTuple):
+    """What the pure training functions read besides their arguments (hashable,
+    so functions bound to it with `functools.partial` can be jitted and cached)."""
 
-    train_epoch: Callable = flax.struct.field(pytree_node=False)
-    train_chunk: Callable = flax.struct.field(pytree_node=False)
-    epoch_batches: Callable = flax.struct.field(pytree_node=False)  # (state, epoch, n) -> (full, rest) indices
-    evaluate: Callable = flax.struct.field(pytree_node=False)
-    train_step: Callable = flax.struct.field(pytree_node=False)
+    model: Any  # the Flax module
+    tx: optax.GradientTransformation
+    cfg: config_lib.TrainConfig
+    mesh: Any  # devices.mesh: runs x data
+    steps_per_epoch: int = 0  # gradual pruning's default update interval
+    masked: bool = True  # False only to measure what masking costs
+
+
+class StepFns(NamedTuple):
+    """The jitted functions of one recipe: each takes one run's state, or states
+    stacked along a leading run axis when built with runs=True."""
+
+    train_epoch: Callable  # (state, images, labels, epoch) -> (state, metrics); host loop over chunks
+    train_chunk: Callable  # (state, images, labels, batches) -> (state, loss_sum, correct); donates state
+    epoch_batches: Callable  # (state, epoch, n) -> (full, rest) indices
+    evaluate: Callable  # (params, batch_stats, masks, images, labels) -> metrics
+    train_step: Callable  # (state, images, labels) -> (state, (loss_sum, correct))
 
 
 def dispatch_steps(cfg: config_lib.TrainConfig, steps: int) -> int:
@@ -207,192 +186,198 @@ def compile_key(cfg: config_lib.TrainConfig) -> config_lib.TrainConfig:
     return dataclasses.replace(cfg, data="", train_subset=0, seed=0, progress=False, on_divergence="stop")
 
 
+# ---------------------------------------------------------------- pure functions of a recipe
+
+
+def split_batch(mesh, x, axis: int = 0):
+    """Data parallelism: the batch divided among the mesh's data devices (XLA adds the
+    all-reduces). A no-op on one device, and for a partial batch that does not divide
+    evenly (computed replicated instead). Under the runs vmap the run axis is split too."""
+    n_data = devices.data_shards(mesh)
+    if n_data == 1 or x.shape[axis] % n_data:
+        return x
+    return jax.lax.with_sharding_constraint(x, devices.batch_split(mesh, axis))
+
+
+def gradual_masks(r: Recipe, state: TrainState, params):
+    """Zhu & Gupta: after step t (1-based) at t = dt, 2 dt, ..., n dt, the masks are
+    recomputed on the device to exactly round(s_t * total) pruned; between updates
+    they stay. n dt is the first multiple of dt at or past prune_end of the run's steps."""
+    cfg = r.cfg
+    dt = cfg.prune_every or r.steps_per_epoch
+    n = max(1, math.ceil(cfg.prune_end * r.steps_per_epoch * cfg.epochs / dt))
+    t = state.step + 1
+    s = masks_lib.polynomial_sparsity(t, initial=cfg.prune_from, final=cfg.prune_to, begin_step=0, n=n, delta_t=dt)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), t)  # used by "random" only
+
+    def update():
+        return masks_lib.update_masks_on_device(
+            params, state.masks, s, score=cfg.prune_score, key=key, filter=kernels.mask_filter(cfg.exclude)
+        )
+
+    due = masks_lib.is_update_step(t, begin_step=0, delta_t=dt, n=n)
+    return jax.lax.cond(due, update, lambda: state.masks)
+
+
+def train_step(r: Recipe, state: TrainState, images, labels):
+    """One masked SGD step on a uint8 batch. Returns (state, (loss_sum, correct))."""
+    images, labels = split_batch(r.mesh, images), split_batch(r.mesh, labels)
+    _, aug_key = _keys(state)
+    if r.cfg.augment:
+        images = data.augment(jax.random.fold_in(aug_key, state.step), images)
+    x = data.normalize(images)
+
+    def loss_fn(params):
+        logits, updates = r.model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        # Metric sums in float32 whatever the compute dtype (and with x64 on).
+        return losses.mean(), (losses.sum().astype(jnp.float32), logits, updates["batch_stats"])
+
+    grads, (loss_sum, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    # The optimiser is elementwise, so masking the new params and momentum
+    # gives exactly the step of a masked gradient, in one fused pass.
+    updates, opt_state = r.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    masks = gradual_masks(r, state, params) if r.cfg.prune_to else state.masks
+    if r.masked:
+        params = masks_lib.apply_masks(params, masks)
+        # Momentum of pruned weights: 0, even if the optimiser state predates the mask.
+        opt_state = optax.tree_utils.tree_map_params(
+            r.tx,
+            masks_lib.zero_pruned,
+            opt_state,
+            masks,
+            transform_non_params=lambda v: v,
+        )
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels, dtype=jnp.int32)
+    new = state.replace(
+        params=params, batch_stats=batch_stats, opt_state=opt_state, masks=masks, step=state.step + 1
+    )
+    return new, (loss_sum, correct)
+
+
+def epoch_batches(r: Recipe, state: TrainState, epoch, n: int):
+    """Indices into the training split from a fresh permutation per epoch:
+    (full, rest): full batches (steps, batch), and the partial last batch
+    (n % batch,), or None when there is none or the config drops it."""
+    order_key, _ = _keys(state)
+    perm = jax.random.permutation(jax.random.fold_in(order_key, epoch), n)
+    steps, rest = divmod(n, r.cfg.batch_size)
+    full = perm[: steps * r.cfg.batch_size].reshape(steps, r.cfg.batch_size)
+    return full, (perm[steps * r.cfg.batch_size :] if rest and not r.cfg.drop_last else None)
+
+
+def train_chunk(r: Recipe, state: TrainState, images, labels, batches):
+    """A scan of train steps over the rows of `batches`: one dispatch."""
+
+    def body(carry, idx):
+        state, loss_sum, correct = carry
+        state, (l, c) = train_step(r, state, images[idx], labels[idx])
+        return (state, loss_sum + l, correct + c), None
+
+    init = (state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+    if batches.shape[0] == 1:  # no loop at all: XLA:CPU is slow inside one
+        return body(init, batches[0])[0]
+    (state, loss_sum, correct), _ = jax.lax.scan(body, init, batches)
+    return state, loss_sum, correct
+
+
+def evaluate(r: Recipe, params, batch_stats, masks, images, labels):
+    """Loss and accuracy over every image (the last batch is padded, the padding ignored)."""
+    n_data = devices.data_shards(r.mesh)
+    n = images.shape[0]
+    b = -(-min(r.cfg.eval_batch_size, n) // n_data) * n_data  # splits evenly over devices
+    nb = -(-n // b)
+    pad = nb * b - n
+    images = split_batch(r.mesh, jnp.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0))).reshape(nb, b, *images.shape[1:]), 1)
+    labels = split_batch(r.mesh, jnp.pad(labels, (0, pad)).reshape(nb, b), 1)
+    valid = split_batch(r.mesh, (jnp.arange(nb * b) < n).reshape(nb, b), 1)
+    variables = {"params": masks_lib.apply_masks(params, masks), "batch_stats": batch_stats}
+
+    def body(carry, batch):
+        x, y, v = batch
+        logits = r.model.apply(variables, data.normalize(x), train=False)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        hit = jnp.argmax(logits, -1) == y
+        loss_sum = jnp.sum(loss * v).astype(jnp.float32)
+        return (carry[0] + loss_sum, carry[1] + jnp.sum(hit & v, dtype=jnp.int32)), None
+
+    init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+    (loss, correct), _ = jax.lax.scan(body, init, (images, labels, valid))
+    kept = sum(jnp.sum(m, dtype=jnp.int32) for m in jax.tree.leaves(masks) if m.ndim)
+    return {"test_loss": loss / n, "test_acc": correct / n, "kept": kept}
+
+
+def over_runs(mesh, f: Callable, in_axes: tuple) -> Callable:
+    """f vmapped over a leading run axis (in_axes: 0 for stacked arguments, None for
+    shared ones), split over the mesh's runs dimension on the way in and out."""
+    by_run = devices.run_split(mesh)
+    vf = jax.vmap(f, in_axes=in_axes, spmd_axis_name=devices.RUNS)
+
+    def g(*args):
+        args = [jax.lax.with_sharding_constraint(a, by_run) if ax == 0 else a for a, ax in zip(args, in_axes)]
+        return jax.lax.with_sharding_constraint(vf(*args), by_run)
+
+    return g
+
+
+def train_epoch(batches_fn: Callable, chunk_fn: Callable, cfg: config_lib.TrainConfig, state: TrainState,
+                images, labels, epoch: int):
+    """One pass over a fresh permutation: every image, unless cfg.drop_last (host side).
+
+    Runs `dispatch_steps(cfg)` full batches per dispatch of `chunk_fn`, then the
+    partial last batch as one step of its own shape (a second compilation);
+    metrics stay on the device until the caller reads them.
+    """
+    n = images.shape[0]
+    full, rest = batches_fn(state, epoch, n)  # (steps, batch) and (rest,), each with a leading run axis when vmapped
+    steps = full.shape[-2]
+    chunk = dispatch_steps(cfg, steps)
+    loss_sum, correct, seen = 0.0, 0, steps * cfg.batch_size
+    chunks = [full[..., start : start + chunk, :] for start in range(0, steps, chunk)]
+    if rest is not None:
+        chunks.append(rest[..., None, :])
+        seen += rest.shape[-1]
+    for batches in chunks:
+        state, l, c = chunk_fn(state, images, labels, batches)
+        loss_sum, correct = loss_sum + l, correct + c
+    return state, {"train_loss": loss_sum / seen, "train_acc": correct / seen}
+
+
 def make_step_fns(
     model, tx, cfg: config_lib.TrainConfig, runs: bool = False, masked: bool = True, steps_per_epoch: int = 0,
     mesh=None,
 ) -> StepFns:
-    """Builds train_step, train_epoch (jitted, state donated) and evaluate (jitted).
-
-    With runs=True every function takes states stacked along a leading run
-    axis (independent runs, each with its own key, masks and weights) and
-    `jax.vmap`s over it; the data set is shared. masked=False drops the
-    masking from the update (only to measure what masking costs).
-
-    mesh (default: cfg.devices for one run) is a devices.mesh: the run axis
-    is split over its ``runs`` dimension, each run's batch over ``data``.
-    """
-
-    mesh = mesh if mesh is not None else devices.mesh_for(cfg.devices, cfg.batch_size)
-    n_data = devices.data_shards(mesh)
-
-    def split(x, axis=0):
-        # Data parallelism: the batch is divided among the devices; XLA adds
-        # the all-reduces. A no-op on one device, and for a partial batch that
-        # does not divide evenly (it is computed replicated instead). Under
-        # the runs vmap (spmd_axis_name) the run axis is split too.
-        if n_data == 1 or x.shape[axis] % n_data:
-            return x
-        return jax.lax.with_sharding_constraint(x, devices.batch_split(mesh, axis))
-
+    """The recipe's functions, jitted (train_chunk donating its state). With runs=True
+    each is `jax.vmap`ped over a leading run axis of states (independent runs, each with
+    its own key, masks and weights; the data set shared). masked=False drops the masking
+    from the update (only to measure what masking costs). mesh (default: cfg.devices for
+    one run) splits the run axis over its ``runs`` dimension and each batch over ``data``."""
     if cfg.prune_to and not (cfg.prune_every or steps_per_epoch):
         raise ValueError("gradual pruning (prune_to) needs steps_per_epoch or prune_every")
-
-    def gradual(state: TrainState, params):
-        """Zhu & Gupta: after step t (1-based) at t = dt, 2 dt, ..., n dt, the masks
-        are recomputed on the device to exactly round(s_t * total) pruned; between
-        updates they stay. n dt is the first multiple of dt at or past prune_end
-        of the run's steps."""
-        dt = cfg.prune_every or steps_per_epoch
-        n = max(1, math.ceil(cfg.prune_end * steps_per_epoch * cfg.epochs / dt))
-        t = state.step + 1
-        s = masks_lib.polynomial_sparsity(t, initial=cfg.prune_from, final=cfg.prune_to, begin_step=0, n=n, delta_t=dt)
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), t)  # used by "random" only
-
-        def update():
-            return masks_lib.update_masks_on_device(
-                params, state.masks, s, score=cfg.prune_score, key=key, filter=mask_filter(cfg)
-            )
-
-        due = masks_lib.is_update_step(t, begin_step=0, delta_t=dt, n=n)
-        return jax.lax.cond(due, update, lambda: state.masks)
-
-    def train_step(state: TrainState, images, labels):
-        """One masked SGD step on a uint8 batch. Returns (state, (loss_sum, correct))."""
-        images, labels = split(images), split(labels)
-        _, aug_key = _keys(state)
-        if cfg.augment:
-            images = data.augment(jax.random.fold_in(aug_key, state.step), images)
-        x = data.normalize(images)
-
-        def loss_fn(params):
-            logits, updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                x,
-                train=True,
-                mutable=["batch_stats"],
-            )
-            losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            # Metric sums in float32 whatever the compute dtype (and with x64 on).
-            return losses.mean(), (losses.sum().astype(jnp.float32), logits, updates["batch_stats"])
-
-        grads, (loss_sum, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-        # The optimiser is elementwise, so masking the new params and momentum
-        # gives exactly the step of a masked gradient, in one fused pass.
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        masks = gradual(state, params) if cfg.prune_to else state.masks
-        if masked:
-            params = masks_lib.apply_masks(params, masks)
-            # Momentum of pruned weights: 0, even if the optimiser state predates the mask.
-            opt_state = optax.tree_utils.tree_map_params(
-                tx,
-                masks_lib.zero_pruned,
-                opt_state,
-                masks,
-                transform_non_params=lambda v: v,
-            )
-        correct = jnp.sum(jnp.argmax(logits, -1) == labels, dtype=jnp.int32)
-        new = state.replace(
-            params=params, batch_stats=batch_stats, opt_state=opt_state, masks=masks, step=state.step + 1
-        )
-        return new, (loss_sum, correct)
-
-    def epoch_batches(state: TrainState, epoch, n: int):
-        """Indices into the training split from a fresh permutation per epoch:
-        (full, rest): full batches (steps, batch), and the partial last batch
-        (n % batch,), or None when there is none or the config drops it."""
-        order_key, _ = _keys(state)
-        perm = jax.random.permutation(jax.random.fold_in(order_key, epoch), n)
-        steps, rest = divmod(n, cfg.batch_size)
-        full = perm[: steps * cfg.batch_size].reshape(steps, cfg.batch_size)
-        return full, (perm[steps * cfg.batch_size :] if rest and not cfg.drop_last else None)
-
-    def train_chunk(state: TrainState, images, labels, batches):
-        """A scan of train steps over the rows of `batches`: one dispatch."""
-
-        def body(carry, idx):
-            state, loss_sum, correct = carry
-            state, (l, c) = train_step(state, images[idx], labels[idx])
-            return (state, loss_sum + l, correct + c), None
-
-        init = (state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-        if batches.shape[0] == 1:  # no loop at all: XLA:CPU is slow inside one
-            return body(init, batches[0])[0]
-        (state, loss_sum, correct), _ = jax.lax.scan(body, init, batches)
-        return state, loss_sum, correct
-
-    def train_epoch(state: TrainState, images, labels, epoch: int):
-        """One pass over a fresh permutation: every image, unless cfg.drop_last.
-
-        Runs `dispatch_steps(cfg)` full batches per dispatch, then the partial
-        last batch as one step of its own shape (a second compilation);
-        metrics stay on the device until the caller reads them.
-        """
-        n = images.shape[0]
-        full, rest = batches_fn(state, epoch, n)  # (steps, batch) and (rest,), each with a leading run axis when vmapped
-        steps = full.shape[-2]
-        chunk = dispatch_steps(cfg, steps)
-        loss_sum, correct, seen = 0.0, 0, steps * cfg.batch_size
-        chunks = [full[..., start : start + chunk, :] for start in range(0, steps, chunk)]
-        if rest is not None:
-            chunks.append(rest[..., None, :])
-            seen += rest.shape[-1]
-        for batches in chunks:
-            state, l, c = chunk_fn(state, images, labels, batches)
-            loss_sum, correct = loss_sum + l, correct + c
-        return state, {"train_loss": loss_sum / seen, "train_acc": correct / seen}
-
-    def evaluate(params, batch_stats, masks, images, labels):
-        """Loss and accuracy over every image (the last batch is padded, the padding ignored)."""
-        n = images.shape[0]
-        b = -(-min(cfg.eval_batch_size, n) // n_data) * n_data  # splits evenly over devices
-        nb = -(-n // b)
-        pad = nb * b - n
-        images = split(jnp.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0))).reshape(nb, b, *images.shape[1:]), 1)
-        labels = split(jnp.pad(labels, (0, pad)).reshape(nb, b), 1)
-        valid = split((jnp.arange(nb * b) < n).reshape(nb, b), 1)
-        variables = {"params": masks_lib.apply_masks(params, masks), "batch_stats": batch_stats}
-
-        def body(carry, batch):
-            x, y, v = batch
-            logits = model.apply(variables, data.normalize(x), train=False)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-            hit = jnp.argmax(logits, -1) == y
-            loss_sum = jnp.sum(loss * v).astype(jnp.float32)
-            return (carry[0] + loss_sum, carry[1] + jnp.sum(hit & v, dtype=jnp.int32)), None
-
-        init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-        (loss, correct), _ = jax.lax.scan(body, init, (images, labels, valid))
-        kept = sum(jnp.sum(m, dtype=jnp.int32) for m in jax.tree.leaves(masks) if m.ndim)
-        return {"test_loss": loss / n, "test_acc": correct / n, "kept": kept}
-
-    def over_runs(f, in_axes):
-        """f vmapped over the run axis, which is split over the mesh's runs
-        dimension on the way in and out (every output has a run axis)."""
-        by_run = devices.run_split(mesh)
-        vf = jax.vmap(f, in_axes=in_axes, spmd_axis_name=devices.RUNS)
-
-        def g(*args):
-            args = [jax.lax.with_sharding_constraint(a, by_run) if ax == 0 else a for a, ax in zip(args, in_axes)]
-            return jax.lax.with_sharding_constraint(vf(*args), by_run)
-
-        return g
-
-    def batches_of(state, epoch, n):
-        f = functools.partial(epoch_batches, n=n)
-        return (over_runs(f, (0, None)) if runs else f)(state, epoch)
-
-    # New names: the closures above must keep calling the per-run versions.
-    step_fn, chunk_one, eval_fn = train_step, train_chunk, evaluate
-    if runs:
-        step_fn = over_runs(train_step, (0, None, None))
-        chunk_one = over_runs(train_chunk, (0, None, None, 0))
-        eval_fn = over_runs(evaluate, (0, 0, 0, None, None))
-    batches_fn = jax.jit(batches_of, static_argnums=2)
-    chunk_fn = jax.jit(chunk_one, donate_argnums=0)
+    mesh = mesh if mesh is not None else devices.mesh_for(cfg.devices, cfg.batch_size)
+    r = Recipe(model, tx, cfg, mesh, steps_per_epoch, masked)
+    bind = functools.partial
+    per_run = {  # name: (function, in_axes over runs)
+        "train_step": (bind(train_step, r), (0, None, None)),
+        "train_chunk": (bind(train_chunk, r), (0, None, None, 0)),
+        "evaluate": (bind(evaluate, r), (0, 0, 0, None, None)),
+    }
+    fns = {k: over_runs(mesh, f, axes) if runs else f for k, (f, axes) in per_run.items()}
+    batches = bind(epoch_batches, r)
+    batches_fn = jax.jit(
+        (lambda state, epoch, n: over_runs(mesh, bind(batches, n=n), (0, None))(state, epoch)) if runs else batches,
+        static_argnums=2,
+    )
+    chunk_fn = jax.jit(fns["train_chunk"], donate_argnums=0)
     return StepFns(
-        train_epoch=train_epoch, evaluate=jax.jit(eval_fn), train_step=jax.jit(step_fn), train_chunk=chunk_fn,
-        epoch_batches=batches_fn,
+        train_epoch=bind(train_epoch, batches_fn, chunk_fn, cfg), train_chunk=chunk_fn, epoch_batches=batches_fn,
+        evaluate=jax.jit(fns["evaluate"]), train_step=jax.jit(fns["train_step"]),
     )
 
 

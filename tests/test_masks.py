@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import jaxprune
-from jaxprune import selection
+from jaxprune.masks import selection
 from tests.conftest import TORCH_KEPT_22_ROUNDS
 
 TOTAL = 11_164_352

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxprune
-from jaxprune import selection
+from jaxprune.masks import selection
 from jaxprune.masks import count_for_sparsity, is_update_step, polynomial_sparsity, update_masks_on_device
 from tests.test_masks import flat_masks
 

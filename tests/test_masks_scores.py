@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import jaxprune
-from jaxprune import selection
+from jaxprune.masks import selection
 from jaxprune.masks import scores
 from tests.test_masks import flat_masks, impl, prunable_leaves, reference_prune  # noqa: F401 (impl: fixture)
 
