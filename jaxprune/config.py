@@ -15,7 +15,7 @@ import math
 import typing
 from typing import Any
 
-from jaxprune import data, kernels
+from jaxprune import data, kernels, modes
 from jaxprune.errors import UserError
 
 
@@ -294,11 +294,6 @@ def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = ""
     return diffs
 
 
-SCHEDULES = ("oneshot", "iterative", "gradual")
-# How a pruned network is trained again. The first four are chains of their
-# own; the two controls mirror the `retrain` chain's masks (which they imply).
-RETRAIN_MODES = ("retrain", "finetune", "lr-rewind", "weight-rewind", "reinit", "shuffle")
-CONTROLS = ("reinit", "shuffle")
 
 
 def _default_train() -> TrainConfig:
@@ -330,8 +325,9 @@ class StudyConfig:
     )
     schedules: tuple[str, ...] = _field(
         ("oneshot", "iterative"),
-        "schedules to run: oneshot, iterative, gradual (Zhu & Gupta: from the baseline to each target "
-        "within --round-epochs, masks updated on the device during training; retrain mode only)",
+        "schedules to run: " + "; ".join(
+            f"{s.name} ({s.help}{'; --retrain ' + ' '.join(s.modes) + ' only' if s.modes else ''})"
+            for s in modes.SCHEDULES.values()),
         identity=False,
     )
     targets: tuple[float, ...] = _field(
@@ -345,12 +341,7 @@ class StudyConfig:
     )
     retrain: tuple[str, ...] = _field(
         ("retrain",),
-        "how each pruned network trains again: retrain (the write-up's: fresh optimizer, the full "
-        "schedule for --round-epochs), finetune (the parent's final lr, constant), lr-rewind (the "
-        "last --round-epochs epochs of the baseline's schedule), weight-rewind (survivors reset to "
-        "the baseline's weights at --rewind-epoch, full schedule: the lottery ticket); controls: "
-        "reinit (the retrain chain's masks, fresh random weights), shuffle (its masks permuted "
-        "within each layer)",
+        "how each pruned network trains again: " + "; ".join(f"{m.name} ({m.help})" for m in modes.RETRAINING.values()),
         identity=False,
     )
     rewind_epoch: int = _field(
@@ -407,12 +398,6 @@ class StudyConfig:
         for m in self.methods:
             if m not in METHODS:
                 raise ConfigError(f"--methods: unknown method {m!r}; choose from {', '.join(sorted(METHODS))}")
-        for s in self.schedules:
-            if s not in SCHEDULES:
-                raise ConfigError(f"--schedules: unknown schedule {s!r}; choose from {', '.join(SCHEDULES)}")
-        for mode in self.retrain:
-            if mode not in RETRAIN_MODES:
-                raise ConfigError(f"--retrain: unknown mode {mode!r}; choose from {', '.join(RETRAIN_MODES)}")
         for seed in self.seeds:
             if not 0 <= seed <= MAX_SEED:
                 raise ConfigError(f"--seeds must each be in 0..{MAX_SEED}, got {seed}")
@@ -424,15 +409,11 @@ class StudyConfig:
             raise ConfigError(
                 f"--rewind-epoch must be in [0, --baseline-epochs {self.baseline_epochs}], got {self.rewind_epoch}"
             )
-        if "lr-rewind" in self.retrain and self.round_epochs > self.baseline_epochs:
-            raise ConfigError(
-                "--retrain lr-rewind replays the baseline's last --round-epochs epochs, so it needs "
-                f"--round-epochs <= --baseline-epochs (got {self.round_epochs} > {self.baseline_epochs})"
-            )
         if not self.methods or not self.schedules:
             raise ConfigError("--methods and --schedules each need at least one value")
-        if set(self.schedules) == {"gradual"} and "retrain" not in self.retrain:
-            raise ConfigError("--schedules gradual prunes during a retrain from scratch only; add retrain to --retrain")
+        problem = modes.check(self)  # each schedule and retraining mode's own conditions
+        if problem:
+            raise ConfigError(problem)
         # Set per phase by the study; a baseline pruned or rescheduled by hand
         # would meet its rounds at the wrong sparsity or learning rate.
         for name in ("prune_to", "prune_from", "schedule_start"):

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from jaxprune import modes
 from jaxprune.errors import UserError
 from jaxprune.faults import fault_point
 
@@ -64,9 +65,9 @@ VARIANT = ["method", "retrain", "distribution"]  # what one table column or figu
 MEASURES = {"max_test": "max test", "best_val_test": "test at best val", "last_test": "test at last epoch"}
 # Display order; values not listed come after, alphabetically.
 ORDER = {
-    "retrain": ("retrain", "finetune", "lr-rewind", "weight-rewind", "reinit", "shuffle"),
+    "retrain": tuple(modes.RETRAINING),
     "distribution": ("global", "uniform", "erk"),
-    "schedule": ("baseline", "oneshot", "iterative", "gradual"),
+    "schedule": ("baseline", *modes.SCHEDULES),
 }
 SCHEDULE_NAMES = {"oneshot": "one-shot"}
 STATS = ["mean", "std", "n", "ci95_low", "ci95_high"]

@@ -32,13 +32,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
 
 from jaxprune import checkpoint, config as config_lib, data, hosts, kernels, loop, masks as masks_lib, rundir, train
-from jaxprune.errors import UserError
+from jaxprune.modes import (
+    RETRAINING, SCHEDULES, Planning, Sources, Start, StudyError, chain_modes_of, iterative_counts,
+)
 from jaxprune.faults import fault_point
 from jaxprune.models import init_variables
 
@@ -48,10 +51,6 @@ RESULT_FIELDS = (
     "diverged",  # 1 where the epoch's training loss was NaN or infinite
 )
 BASELINE = "baseline"
-
-
-class StudyError(UserError):
-    """A study that cannot run as asked; the message says why."""
 
 
 def target_name(target: float) -> str:
@@ -64,7 +63,7 @@ def target_name(target: float) -> str:
 class Phase:
     """One training phase of the study.
 
-    schedule: "baseline", or one of config.SCHEDULES ("oneshot", "iterative", "gradual").
+    schedule: "baseline", or a name in modes.SCHEDULES (oneshot, gradual, iterative).
     target: the chain's target sparsity (0 for the baseline).
     round: 1-based pruning round within the chain (0 for the baseline).
     count: the exact number of weights pruned from the parent's remaining
@@ -72,7 +71,7 @@ class Phase:
     sparsity: the global sparsity during this phase (exact, from the counts).
     parent: the directory name of the phase whose final weights are pruned.
     seed: the replicate's seed (its baseline's; its phases' seeds derive from it).
-    retrain: how the pruned network trains again (config.RETRAIN_MODES); a
+    retrain: how the pruned network trains again (a name in modes.RETRAINING); a
       control (reinit, shuffle) takes the masks its `retrain` twin prunes.
     distribution: how the count is split across layers (global, uniform, erk).
     rewind_epoch: weight-rewind: the baseline epoch survivors are reset to.
@@ -96,7 +95,7 @@ class Phase:
         if self.schedule == BASELINE:
             return BASELINE
         dist = "" if self.distribution == "global" else f"-{self.distribution}"
-        mode = {"retrain": "", "weight-rewind": f"-weight-rewind-e{self.rewind_epoch}"}.get(retrain, f"-{retrain}")
+        mode = RETRAINING[retrain].suffix(self.rewind_epoch)
         return f"{self.schedule}-{self.method}{dist}-{target_name(self.target)}{mode}"
 
     @property
@@ -107,7 +106,7 @@ class Phase:
     @property
     def mask_chain(self) -> str:
         """The chain whose pruning draws this phase's masks: its own, or a control's retrain twin."""
-        return self._chain("retrain" if self.retrain in config_lib.CONTROLS else self.retrain)
+        return self._chain("retrain" if RETRAINING[self.retrain].control else self.retrain)
 
     @property
     def name(self) -> str:
@@ -133,22 +132,6 @@ def prunable_total(cfg: config_lib.TrainConfig) -> int:
     return model_shapes(cfg)[0]
 
 
-def iterative_counts(total: int, step: float, target: float, pruned: int = 0) -> list[int]:
-    """Weights pruned by each iterative round until the global sparsity reaches `target`.
-
-    Each round prunes round(step * remaining), as prune_global does with a
-    float amount; `pruned` weights are already pruned before the first.
-    """
-    remaining, out = total - pruned, []
-    while not out or 1 - remaining / total < target:
-        k = round(step * remaining)
-        if k == 0:
-            raise StudyError(f"--step {step} never reaches target {target}: a round would prune nothing")
-        out.append(k)
-        remaining -= k
-    return out
-
-
 def plan(cfg: config_lib.StudyConfig, total: int, pruned: int = 0) -> list[Phase]:
     """Every phase of the study, in the order the driver runs them.
 
@@ -172,43 +155,32 @@ def plan(cfg: config_lib.StudyConfig, total: int, pruned: int = 0) -> list[Phase
                 f"target {t:g} is not above the baseline's sparsity {100 * pruned / total:.2f}% "
                 "(--baseline is already pruned); give targets above it"
             )
-    controls = [m for m in cfg.retrain if m in config_lib.CONTROLS]
-    modes = [m for m in cfg.retrain if m not in config_lib.CONTROLS]
-    if controls and "retrain" not in modes:
-        modes.insert(0, "retrain")
+    controls = [m for m in cfg.retrain if RETRAINING[m].control]
+    modes = chain_modes_of(cfg.retrain)
     phases = []
     for seed in cfg.replicate_seeds:
         home = "" if seed == cfg.train.seed else f"seed-{seed}/"
         root = BASELINE if cfg.baseline else home + BASELINE  # a given baseline serves every replicate
         if not cfg.baseline:
             phases.append(dataclasses.replace(BASELINE_PHASE, seed=seed, home=home))
-        common = dict(seed=seed, distribution=cfg.distribution, home=home)
         twins = []
         for mode in modes:
-            kw = dict(common, retrain=mode, rewind_epoch=cfg.rewind_epoch if mode == "weight-rewind" else 0)
+            kw = dict(seed=seed, distribution=cfg.distribution, home=home, retrain=mode,
+                      rewind_epoch=cfg.rewind_epoch if RETRAINING[mode].uses_rewind_epoch else 0)
             for method in cfg.methods:
-                if "oneshot" in cfg.schedules:
-                    for t in cfg.targets:
-                        k = round(t * total)  # what prune_global(t) prunes from a dense model
-                        phases.append(Phase("oneshot", method, t, 1, k - pruned, k / total, root, **kw))
-                if "gradual" in cfg.schedules and mode == "retrain":
-                    for t in cfg.targets:  # pruned during training, from the parent's masks to t
-                        k = round(t * total)
-                        phases.append(Phase("gradual", method, t, 1, k - pruned, k / total, root, **kw))
-                if "iterative" in cfg.schedules:
-                    chains = [max(cfg.targets)] if cfg.shared_chain else sorted(cfg.targets)
-                    for t in chains:
-                        parent, remaining = root, total - pruned
-                        for r, k in enumerate(iterative_counts(total, cfg.step, t, pruned), start=1):
-                            remaining -= k
-                            phase = Phase("iterative", method, t, r, k, 1 - remaining / total, parent, **kw)
-                            phases.append(phase)
-                            parent = phase.name
+                new = functools.partial(_new_phase, method=method, kw=kw)
+                for schedule in SCHEDULES.values():  # the table's order, whatever the order asked
+                    if schedule.name in cfg.schedules and (schedule.modes is None or mode in schedule.modes):
+                        phases += schedule.plan(Planning(cfg, total, pruned, root, new))
             if mode == "retrain":
                 twins = [p for p in phases if p.seed == seed and p.retrain == "retrain" and p.round]
         for control in controls:
             phases += [dataclasses.replace(p, retrain=control) for p in twins]
     return phases
+
+
+def _new_phase(schedule, target, round, count, sparsity, parent, *, method, kw) -> Phase:
+    return Phase(schedule, method, target, round, count, sparsity, parent, **kw)
 
 
 def derived_seed(base: int, *tags: Any) -> int:
@@ -223,13 +195,11 @@ def phase_config(cfg: config_lib.StudyConfig, phase: Phase) -> config_lib.TrainC
     if phase.schedule == BASELINE:
         return cfg.phase(cfg.baseline_epochs, phase.seed)
     seed = derived_seed(phase.seed, phase.chain, phase.round)
-    if phase.schedule == "gradual":  # Zhu & Gupta inside training, from the parent's sparsity
-        total = prunable_total(cfg.train)
-        start = (round(phase.sparsity * total) - phase.count) / total
-        return cfg.phase(cfg.round_epochs, seed, prune_to=phase.target, prune_from=start, prune_score=phase.method)
-    if phase.retrain == "lr-rewind":  # the baseline's last round_epochs epochs of its schedule
-        return cfg.phase(cfg.round_epochs, seed, schedule_start=cfg.baseline_epochs - cfg.round_epochs)
-    return cfg.phase(cfg.round_epochs, seed)
+    changes = {
+        **SCHEDULES[phase.schedule].config(cfg, phase, prunable_total(cfg.train)),
+        **RETRAINING[phase.retrain].config(cfg),
+    }
+    return cfg.phase(cfg.round_epochs, seed, **changes)
 
 
 def pruning_key(cfg: config_lib.StudyConfig, phase: Phase) -> jax.Array:
@@ -534,24 +504,23 @@ def phase_spec(cfg: config_lib.StudyConfig, workdir: Path, phase: Phase, parent:
     mask permuted. Masks are applied to the start when training begins.
     """
     pcfg = phase_config(cfg, phase)
-    wants_rewind = "weight-rewind" in cfg.retrain and cfg.rewind_epoch > 0
+    wants_rewind = any(RETRAINING[m].uses_rewind_epoch for m in cfg.retrain) and cfg.rewind_epoch > 0
     keep = (cfg.rewind_epoch,) if phase.schedule == BASELINE and wants_rewind else ()
     start = masks = None
     if parent is not None:
-        start = {"params": parent.params, "batch_stats": parent.batch_stats}
-        masks = parent.masks if phase.schedule == "gradual" else masks_lib.prune(  # gradual: pruned in training
+        masks = parent.masks if SCHEDULES[phase.schedule].prunes_in_training else masks_lib.prune(
             parent.params, parent.masks, phase.count, distribution=phase.distribution,
             score=phase.method, key=pruning_key(cfg, phase),
         )
-        tag = derived_seed(phase.seed, phase.retrain, phase.chain, phase.round)
-        if phase.retrain == "finetune":
-            pcfg = dataclasses.replace(pcfg, schedule="constant", lr=parent.last_lr)
-        elif phase.retrain == "weight-rewind":
-            start = _rewind_point(cfg, workdir, phase)
-        elif phase.retrain == "reinit":
-            start = init_variables(train.build_model(pcfg), tag)
-        elif phase.retrain == "shuffle":
-            masks = masks_lib.shuffle_masks(masks, jax.random.key(tag))
+        sources = Sources(
+            last_lr=parent.last_lr, tag=derived_seed(phase.seed, phase.retrain, phase.chain, phase.round),
+            rewind_point=lambda: _rewind_point(cfg, workdir, phase),
+            fresh=lambda seed: init_variables(train.build_model(pcfg), seed),
+            shuffle=lambda m, seed: masks_lib.shuffle_masks(m, jax.random.key(seed)),
+        )
+        began = Start({"params": parent.params, "batch_stats": parent.batch_stats}, masks, pcfg)
+        began = RETRAINING[phase.retrain].start(began, sources)
+        start, masks, pcfg = began.variables, began.masks, began.cfg
     return loop.RunSpec(
         pcfg, Path(workdir) / phase.name, start, masks, meta={"phase": dataclasses.asdict(phase)},
         identity=phase.identity(), keep_epochs=keep,

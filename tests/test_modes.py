@@ -1,12 +1,15 @@
 """Retraining modes, controls, replicates and a validation split: each asserts what it means."""
 
 import csv
+import dataclasses
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 from jaxprune import checkpoint, cli, config, rundir, study, train
+from jaxprune.models import init_variables
 
 MODES = ["retrain", "finetune", "lr-rewind", "weight-rewind", "reinit", "shuffle"]
 ARGS = ["study", "--preset", "smoke", "--retrain", *MODES, "--rewind-epoch", "1", "--methods", "magnitude",
@@ -133,3 +136,48 @@ def test_a_validation_split_chooses_the_best_epoch(tmp_path):
     prepared = data.load(ds.data).prepared(ds)
     assert len(prepared.train_labels) == 2048 - 256 and len(prepared.val_labels) == 256
     assert prepared.prepared(ds) is prepared  # idempotent: not split twice
+
+
+@pytest.fixture
+def table():
+    from jaxprune import modes
+
+    before = dict(modes.RETRAINING)
+    yield modes
+    modes.RETRAINING.clear()
+    modes.RETRAINING.update(before)  # the test's entry goes with it
+
+
+def test_a_mode_added_by_one_table_entry_is_planned_named_configured_and_started(table):
+    """Adding a retraining mode is one entry: the plan, names, phase configs and starting
+    points and validation all read the table."""
+    modes = table
+    modes.register_retraining(modes.Retraining(
+        "half-lr", "the parent's weights, half the learning rate",
+        suffix=lambda k: "-half-lr",
+        config=lambda c: {"lr": c.train.lr / 2},
+        start=lambda s, src: dataclasses.replace(s, variables=jax.tree.map(lambda x: x * 0, s.variables)),
+        check=lambda c: "half-lr needs --round-epochs 1" if c.round_epochs != 1 else None,
+    ))
+    with pytest.raises(ValueError, match="already registered"):
+        modes.register_retraining(modes.Retraining("half-lr", "again"))
+    cfg = config.study_preset("smoke", retrain=("retrain", "half-lr"), methods=("magnitude",),
+                              schedules=("oneshot",), targets=(0.5,))
+    cfg.validate()
+    with pytest.raises(config.ConfigError, match="half-lr needs --round-epochs 1"):
+        dataclasses.replace(cfg, round_epochs=2).validate()
+    total = study.prunable_total(cfg.train)
+    names = [p.name for p in study.plan(cfg, total)]
+    assert names == ["baseline", "oneshot-magnitude-0.50/round-01", "oneshot-magnitude-0.50-half-lr/round-01"]
+    phase = study.plan(cfg, total)[-1]
+    assert study.phase_config(cfg, phase).lr == cfg.train.lr / 2
+    assert study.phase_config(cfg, study.plan(cfg, total)[1]).lr == cfg.train.lr
+    variables = init_variables(train.build_model(cfg.train), 0)
+    masks = train.create_train_state(variables, train.make_optimizer(cfg.train, 1), 0).masks
+    parent = study.Final(variables["params"], variables["batch_stats"], masks, last_lr=0.01)
+    spec = study.phase_spec(cfg, Path("/nonexistent"), phase, parent)
+    assert all(float(abs(x).max()) == 0 for x in jax.tree.leaves(spec.start["params"]))
+    assert spec.cfg.lr == cfg.train.lr / 2 and spec.workdir.name == "round-01"
+    # Pruned by the plan's count from the parent, as every chain mode is.
+    kept = sum(int(np.sum(m)) for m in prunable_masks(spec.masks))
+    assert kept == total - phase.count
