@@ -15,6 +15,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
+    print("usage: python examples/restore_with_orbax.py RUN_OR_PHASE_DIR", file=sys.stderr)
+    sys.exit(2)
 run = Path(sys.argv[1]).absolute()
 epochs = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
 step = run / "checkpoints" / str(epochs[-1])

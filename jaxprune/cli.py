@@ -355,9 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a training run or study phase directory, its checkpoints/ folder, or one "
                         "epoch's folder (which then overrides --which)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the three files into")
-    p.add_argument("--which", choices=("best", "latest"), default="best",
+    p.add_argument("--which", choices=("best", "latest"), default="latest",
                    help="best: the epoch with the highest validation accuracy when the run held out "
-                        "--val-split images, else test accuracy; latest: the last saved epoch (default: %(default)s)")
+                        "--val-split images, else test accuracy; latest: the last saved epoch, what a study "
+                        "prunes and what evaluate reads by default (default: %(default)s)")
     return parser
 
 

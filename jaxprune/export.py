@@ -243,7 +243,13 @@ def from_torch_state_dict(sd: dict[str, Any], width: int) -> tuple[dict, dict]:
 # ---------------------------------------------------------------- checkpoints
 
 
-def load_for_export(path: str | os.PathLike, which: str = "best") -> tuple[Any, Any, Any, dict, dict]:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_for_export(path: str | os.PathLike, which: str = "latest") -> tuple[Any, Any, Any, dict, dict]:
     """(params, batch_stats, masks, config dict, checkpoint metadata) of a checkpoint, on the host.
 
     `path` is a run or study-phase directory, its checkpoints/ folder, or one
@@ -320,6 +326,10 @@ def _write(out: Path, model_sd, mask_sd, info: dict, file_metadata: dict[str, st
         fault_point("export-file")
         safetensors.numpy.save_file(mask_sd, str(tmp / MASKS_FILE), metadata=file_metadata)
         (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        # safetensors writes 0600; every file of an export gets the mode config.json has.
+        mode = 0o666 & ~_umask()
+        for name in (MODEL_FILE, MASKS_FILE, CONFIG_FILE):
+            os.chmod(tmp / name, mode)
         if out.exists():  # empty, or a previous export: check_out_dir said so
             old = tmp.with_name(tmp.name + "-old")
             os.rename(out, old)
@@ -333,7 +343,7 @@ def _write(out: Path, model_sd, mask_sd, info: dict, file_metadata: dict[str, st
         shutil.rmtree(old, ignore_errors=True)
 
 
-def export(path: str | os.PathLike, out_dir: str | os.PathLike, which: str = "best") -> dict[str, Any]:
+def export(path: str | os.PathLike, out_dir: str | os.PathLike, which: str = "latest") -> dict[str, Any]:
     """Writes OUT_DIR/{model,masks}.safetensors and config.json from a checkpoint (see the module docstring).
 
     `path`: a run or study-phase directory, its checkpoints/ folder, or one

@@ -28,6 +28,14 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
+def pytest_ignore_collect(collection_path, config):
+    """tests/multidevice needs 4 devices, forced before JAX starts: it runs in a session
+    of its own (tests/test_parallel.py starts it), never in a one-device session."""
+    if collection_path.name == "multidevice" and jax.device_count() < 4:
+        return True
+    return None
+
+
 @pytest.fixture(scope="session")
 def resnet18_shapes():
     """Full-size ResNet18 variables as ShapeDtypeStructs (no compute)."""

@@ -55,6 +55,9 @@ def test_restore_with_plain_orbax(tmp_path):
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
+    usage = subprocess.run([sys.executable, str(ROOT / "examples" / "restore_with_orbax.py")],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: ") and "Traceback" not in usage.stderr
     expected = evaluation.evaluate_checkpoint(phase)
     assert f"21 pruned kernels, sparsity {expected.sparsity.total.sparsity:.4f}" in lines
     assert f"sparsity {expected.sparsity.total.sparsity:.4f}".endswith("0.7500")

@@ -204,6 +204,8 @@ def test_export_writes_the_chosen_epoch(run_dir, tmp_path, sub, which, epoch, sp
     info = export.export(run / sub, tmp_path / "out", which=which)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(export.FILES)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left behind
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert set(modes.values()) == {0o666 & ~export._umask()}, modes  # not safetensors' own 0600
     state = states[epoch]
     model = safetensors.numpy.load_file(str(tmp_path / "out" / "model.safetensors"))
     expected = export.to_torch_state_dict(state.params, state.batch_stats, state.masks, num_batches_tracked=32 * epoch)
@@ -249,10 +251,10 @@ def test_out_dir_policy(run_dir, tmp_path):
             export.export(run, target)
     # An empty directory and a previous export are (re)written; new parents are made.
     (tmp_path / "empty").mkdir()
-    assert export.export(run, tmp_path / "empty")["source"]["epoch"] == 1
-    assert export.export(run, tmp_path / "empty", which="latest")["source"]["epoch"] == 2
-    assert json.loads((tmp_path / "empty" / "config.json").read_text())["source"]["epoch"] == 2
-    assert export.export(run, tmp_path / "new" / "deeper")["source"]["epoch"] == 1
+    assert export.export(run, tmp_path / "empty")["source"]["epoch"] == 2  # latest by default, as evaluate
+    assert export.export(run, tmp_path / "empty", which="best")["source"]["epoch"] == 1
+    assert json.loads((tmp_path / "empty" / "config.json").read_text())["source"]["epoch"] == 1  # the last written
+    assert export.export(run, tmp_path / "new" / "deeper")["source"]["epoch"] == 2
     # A previous export with a user's file added is no longer only an export.
     (tmp_path / "empty" / "README").write_text("mine")
     with pytest.raises(export.ExportError, match="not empty"):
@@ -296,7 +298,7 @@ def test_cli_exports_a_trained_run_that_torch_reproduces(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["export", str(run), str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert f"{tmp_path / 'out'}: epoch 1 (best) of {run}, global sparsity 0.00%, test accuracy" in out
+    assert f"{tmp_path / 'out'}: epoch 1 (latest) of {run}, global sparsity 0.00%, test accuracy" in out
 
     params, batch_stats, masks, cfg, meta = export.load_for_export(run, "latest")
     assert cfg["width"] == WIDTH and meta["epoch"] == 1
@@ -316,7 +318,7 @@ def test_export_help_documents_every_option(capsys):
         cli.build_parser().parse_args(["export", "--help"])
     assert exit.value.code == 0
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
-    for words in ("RUN_OR_PHASE_DIR", "OUT_DIR", "--which", "best", "latest", "default: best", "strict=True"):
+    for words in ("RUN_OR_PHASE_DIR", "OUT_DIR", "--which", "best", "latest", "default: latest", "strict=True"):
         assert words in out
 
 

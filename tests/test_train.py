@@ -292,17 +292,23 @@ def test_bfloat16_run_trains_resumes_and_evaluates(tmp_path, tiny_setup):
 
 def test_deterministic_flag_reaches_xla_and_runs(tmp_path):
     """--deterministic sets XLA's deterministic-kernel flags before the backend starts
-    (GPU flags; accepted on a CPU, where runs are deterministic anyway)."""
-    workdir = tmp_path / "det"
-    code = ("import os, sys; from jaxprune import cli; rc = cli.main(sys.argv[1:]); "
-            "print(os.environ['XLA_FLAGS']); sys.exit(rc)")
+    (GPU flags; accepted on a CPU, where runs are deterministic anyway). A dump flag
+    added the same way proves the timing: XLA writes its dumps only if the flag was in
+    XLA_FLAGS when the backend read them."""
+    workdir, dumps = tmp_path / "det", tmp_path / "dumps"
+    code = ("import os, sys; from jaxprune import cli; "
+            f"cli.DETERMINISTIC_XLA_FLAGS = (*cli.DETERMINISTIC_XLA_FLAGS, '--xla_dump_to={dumps}'); "
+            "rc = cli.main(sys.argv[1:]); print(os.environ['XLA_FLAGS']); sys.exit(rc)")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # a cache hit compiles nothing
     result = subprocess.run(
-        [sys.executable, "-c", code, "train", "--preset", "smoke", "--epochs", "1", "--deterministic",
-         "--workdir", str(workdir), "--no-progress"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "XLA_FLAGS": "--xla_cpu_use_thunk_runtime=true"},
+        [sys.executable, "-c", code, "train", "--preset", "smoke", "--data", "synthetic:256,64", "--epochs", "1",
+         "--deterministic", "--workdir", str(workdir), "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+        env={**env, "JAXPRUNE_XLA_CACHE": "0", "XLA_FLAGS": "--xla_cpu_use_thunk_runtime=true"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     flags = result.stdout.strip().splitlines()[-1].split()
     assert "--xla_cpu_use_thunk_runtime=true" in flags  # the user's own flags are kept
     assert "--xla_gpu_deterministic_ops=true" in flags and "--xla_gpu_exclude_nondeterministic_ops=true" in flags
+    assert any("train_chunk" in p.name or "jit_" in p.name for p in dumps.iterdir())  # XLA read them in time
     assert len(rundir.read_metrics(workdir)) == 1
