@@ -1,9 +1,12 @@
 """Divergence: a non-finite loss stops its phase in one line, is marked in results.csv and
 the report, the phases that don't descend from it go on, and the study exits 1."""
 
+import pytest
 import csv
 
 from jaxprune import cli, rundir
+
+pytestmark = pytest.mark.slow  # every test here trains or starts processes that import jax
 
 DATA = ["--data", "synthetic:256,64", "--no-progress"]
 STUDY = ["study", "--preset", "smoke", *DATA, "--methods", "magnitude", "--targets", "0.5", "0.75"]

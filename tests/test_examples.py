@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes that import jax
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,7 +48,7 @@ def test_restore_with_plain_orbax(tmp_path):
     from jaxprune import cli, evaluation
 
     w = tmp_path / "s"
-    assert cli.main(["study", "--preset", "smoke", "--methods", "magnitude", "--schedules", "oneshot",
+    assert cli.main(["study", "--preset", "smoke", "--data", "synthetic:256,64", "--methods", "magnitude", "--schedules", "oneshot",
                      "--targets", "0.75", "--baseline-epochs", "1", "--workdir", str(w),
                      "--no-progress", "--no-report"]) == 0
     phase = w / "oneshot-magnitude-0.75" / "round-01"

@@ -288,6 +288,7 @@ def test_a_failed_write_leaves_out_dir_as_it_was(run_dir, tmp_path, monkeypatch)
 # ---------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_cli_exports_a_trained_run_that_torch_reproduces(tmp_path, capsys):
     pytest.importorskip("torch")
     from safetensors.torch import load_file

@@ -15,6 +15,8 @@ import pytest
 
 from jaxprune import cli, faults, rundir
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes that import jax
+
 PY = [sys.executable, "-m", "jaxprune.cli"]
 TRAIN = ["train", "--preset", "smoke", "--data", "synthetic:512,128", "--no-progress"]
 

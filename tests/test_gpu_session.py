@@ -1,6 +1,7 @@
 """benchmarks/gpu_session.sh, the scripted GPU session, exercised on the CPU with tiny
 settings: a lent GPU's minutes must not be spent finding a typo in it."""
 
+import pytest
 import csv
 import os
 import subprocess
@@ -35,6 +36,7 @@ def test_usage_and_missing_data_exit_2(tmp_path):
     assert "gpu_session: missing" in missing.stderr and "data_batch_1.bin" in missing.stderr
 
 
+@pytest.mark.slow
 def test_baseline_step_trains_from_carried_pieces_and_keeps_its_files(tmp_path):
     # The pieces arrive as ../shared/GPU.md carries them: .data/c1..c3 in the checkout.
     rng = np.random.default_rng(0)

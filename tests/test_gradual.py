@@ -9,6 +9,8 @@ import pytest
 from jaxprune import cli, config, data, loop, masks as masks_lib, rundir, study, train
 from jaxprune.models import init_variables
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes that import jax
+
 
 def tiny(**overrides):
     base = dict(data="synthetic:224,32", width=4, epochs=2, batch_size=32, eval_batch_size=32, progress=False,
@@ -72,14 +74,14 @@ def test_a_gradual_run_resumes_bit_equal(tmp_path):
 
 def test_study_schedule_gradual_with_exclusions(tmp_path):
     w = tmp_path / "s"
-    assert cli.main(["study", "--preset", "smoke", "--schedules", "gradual", "oneshot", "--methods", "magnitude",
+    assert cli.main(["study", "--preset", "smoke", "--data", "synthetic:512,128", "--schedules", "gradual", "oneshot", "--methods", "magnitude",
                      "--targets", "0.75", "--round-epochs", "2", "--exclude", "stem_conv", "head",
                      "--workdir", str(w), "--no-progress", "--no-report"]) == 0
     phase = "gradual-magnitude-0.75/round-01"
     rows = rundir.read_metrics(w / phase)
     assert rows[0]["sparsity"] < rows[1]["sparsity"] == pytest.approx(0.75, abs=1e-6)
     cfg = cli.study_config(cli.build_parser().parse_args(
-        ["study", "--preset", "smoke", "--round-epochs", "2", "--exclude", "stem_conv", "head"]))
+        ["study", "--preset", "smoke", "--data", "synthetic:512,128", "--round-epochs", "2", "--exclude", "stem_conv", "head"]))
     final = study.load_final(w / phase, study.phase_config(cfg, study.recorded_phases(w)[-1]))
     report = masks_lib.sparsity_report(final.masks)
     names = [r.path for r in report.rows]

@@ -250,6 +250,7 @@ def pytree_case(draw):
     return params, masks, amount, remaining
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(pytree_case(), st.sampled_from(["numpy", "jax"]))
 def test_prune_global_matches_the_spec(case, impl_name):
@@ -264,6 +265,7 @@ def test_prune_global_matches_the_spec(case, impl_name):
     assert got.sum() == remaining - k
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(hnp.array_shapes(min_dims=1, max_dims=2, max_side=7), min_size=1, max_size=3),
@@ -310,6 +312,7 @@ def test_apply_masks_zeroes_exactly_and_jits():
     np.testing.assert_array_equal(out["d"]["bias"], params["d"]["bias"])
 
 
+@pytest.mark.slow
 def test_works_on_nnx_state():
     from flax import nnx
 

@@ -94,6 +94,7 @@ def exact_count(s, total):
     return round(Fraction(float(np.float32(s))) * total)  # Python rounds a Fraction half to even
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.floats(0, 1, width=32), st.integers(0, 2**31 - 1))
 def test_count_for_sparsity_is_exact(s, total):
@@ -123,6 +124,7 @@ def drifting_params(seed=0):
     }
 
 
+@pytest.mark.slow
 def test_gradual_pruning_inside_scan_follows_the_schedule_and_matches_the_host():
     params = drifting_params()
     masks = jaxprune.init_masks(params)

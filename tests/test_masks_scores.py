@@ -51,6 +51,7 @@ def prune_by_scores(flat_scores, k):
 # ---------------------------------------------------------------- float keys
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(hnp.arrays(np.float32, st.integers(1, 40), elements=st.floats(0, None, width=32)))
 def test_float_keys_order_like_the_values(values):
@@ -113,6 +114,7 @@ def lamp_case(draw, exact=True):
     return params, masks, draw(st.integers(0, remaining))
 
 
+@pytest.mark.slow
 @settings(max_examples=50, deadline=None)
 @given(lamp_case())
 def test_lamp_host_and_device_match_the_definition(case):
@@ -144,6 +146,7 @@ def test_lamp_host_kernel_on_trained_like_weights():
         np.testing.assert_array_equal(got, prune_by_scores(definition, k))
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(lamp_case(), st.integers(-30, 30), st.integers(0, 3), st.sampled_from(["numpy", "jax"]))
 def test_lamp_is_invariant_to_rescaling_a_leaf(case, exponent, which, impl_name):

@@ -1,5 +1,6 @@
 """ResNet18 (CIFAR variant): shapes and counts at full size, forward passes at small width."""
 
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,6 +45,7 @@ def test_small_width_forward_and_train_mode():
     assert not np.allclose(updates["batch_stats"]["stem_bn"]["mean"], before)
 
 
+@pytest.mark.slow
 def test_downsampling_and_bf16():
     model = ResNet18(width=4, dtype=jnp.bfloat16)
     x = jnp.ones((1, 32, 32, 3))

@@ -12,7 +12,7 @@ from jaxprune import checkpoint, cli, config, rundir, study, train
 from jaxprune.models import init_variables
 
 MODES = ["retrain", "finetune", "lr-rewind", "weight-rewind", "reinit", "shuffle"]
-ARGS = ["study", "--preset", "smoke", "--retrain", *MODES, "--rewind-epoch", "1", "--methods", "magnitude",
+ARGS = ["study", "--preset", "smoke", "--data", "synthetic:256,64", "--retrain", *MODES, "--rewind-epoch", "1", "--methods", "magnitude",
         "--schedules", "oneshot", "--targets", "0.5", "--baseline-epochs", "2", "--seeds", "0", "1",
         "--no-progress", "--no-report"]
 
@@ -39,6 +39,7 @@ def prunable_masks(masks):
     return [np.asarray(m) for m in jax.tree.leaves(masks) if np.ndim(m)]
 
 
+@pytest.mark.slow
 def test_every_mode_and_seed_trains_and_is_recorded(modes_study):
     cfg, workdir, phases = modes_study
     assert len(phases) == 2 * len(MODES)  # per seed: one phase per mode (besides its baseline)
@@ -53,6 +54,7 @@ def test_every_mode_and_seed_trains_and_is_recorded(modes_study):
     assert curves[0] != curves[1]
 
 
+@pytest.mark.slow
 def test_finetune_holds_the_parents_last_lr(modes_study):
     cfg, workdir, phases = modes_study
     base_lr = rundir.read_metrics(workdir / "baseline")[-1]["lr"]
@@ -61,6 +63,7 @@ def test_finetune_holds_the_parents_last_lr(modes_study):
     assert rundir.read_metrics(workdir / phases[0, "retrain"].name)[0]["lr"] == cfg.train.lr  # a fresh schedule
 
 
+@pytest.mark.slow
 def test_lr_rewind_replays_the_baselines_last_epochs(modes_study):
     cfg, workdir, phases = modes_study
     base = [r["lr"] for r in rundir.read_metrics(workdir / "baseline")]
@@ -68,6 +71,7 @@ def test_lr_rewind_replays_the_baselines_last_epochs(modes_study):
     assert rewound == base[-cfg.round_epochs:]
 
 
+@pytest.mark.slow
 def test_weight_rewind_starts_from_the_baselines_epoch_k_under_the_mask(modes_study):
     cfg, workdir, phases = modes_study
     phase = phases[0, "weight-rewind"]
@@ -93,6 +97,7 @@ def test_weight_rewind_starts_from_the_baselines_epoch_k_under_the_mask(modes_st
         assert (p == np.where(m, r, 0)).all()
 
 
+@pytest.mark.slow
 def test_reinit_takes_the_twins_mask_with_fresh_masked_weights(modes_study):
     cfg, workdir, phases = modes_study
     twin, _ = model_at(workdir, phases[0, "retrain"], cfg)
@@ -111,6 +116,7 @@ def test_reinit_takes_the_twins_mask_with_fresh_masked_weights(modes_study):
     assert min(moved) > 0.99  # fresh weights, not the parent's
 
 
+@pytest.mark.slow
 def test_shuffle_keeps_each_layers_count_and_moves_its_positions(modes_study):
     cfg, workdir, phases = modes_study
     twin, _ = model_at(workdir, phases[0, "retrain"], cfg)
@@ -122,6 +128,7 @@ def test_shuffle_keeps_each_layers_count_and_moves_its_positions(modes_study):
     assert max(changed) > 0.1 and sum(c > 0 for c in changed) >= len(changed) // 2
 
 
+@pytest.mark.slow
 def test_a_validation_split_chooses_the_best_epoch(tmp_path):
     w = tmp_path / "run"
     assert cli.main(["train", "--preset", "smoke", "--epochs", "2", "--val-split", "256", "--workdir", str(w),

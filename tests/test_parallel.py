@@ -37,6 +37,7 @@ def stack(states):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
+@pytest.mark.slow
 def test_vmapped_runs_match_separate_runs(three_states):
     cfg, states, ds = three_states
     one = train.make_step_fns(train.build_model(cfg), train.make_optimizer(cfg, 100), cfg)
@@ -57,6 +58,7 @@ def test_vmapped_runs_match_separate_runs(three_states):
         assert float(loss[i]) == pytest.approx(float(l1), rel=1e-5) and int(correct[i]) == int(c1)
 
 
+@pytest.mark.slow
 def test_a_run_does_not_depend_on_its_partners_or_position(three_states):
     cfg, states, ds = three_states
     many = train.make_step_fns(train.build_model(cfg), train.make_optimizer(cfg, 100), cfg, runs=True)
@@ -69,6 +71,7 @@ def test_a_run_does_not_depend_on_its_partners_or_position(three_states):
         np.testing.assert_array_equal(np.asarray(la)[0], np.asarray(lc)[1])
 
 
+@pytest.mark.slow
 def test_grouped_runs_write_their_own_dirs_and_resume_exactly(tmp_path):
     ds = data.load(tiny().data)
     specs = lambda root: [loop.RunSpec(tiny(seed=s), root / f"run{s}") for s in range(2)]  # noqa: E731
@@ -98,6 +101,7 @@ def test_more_devices_than_present_is_refused():
         tiny(devices=jax.device_count() + 1).validate()
 
 
+@pytest.mark.slow
 def test_the_forced_four_device_session_passes(tmp_path):
     """tests/multidevice in a pytest session of its own with 4 forced CPU devices:
     data parallelism, runs sharded over devices, masks on a non-default device.

@@ -48,6 +48,7 @@ def lines(path):
 # ---------------------------------------------------------------- one process per directory
 
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_at_once_and_the_first_run_is_whole(tmp_path):
     w = tmp_path / "run"
     args = ["train", "--preset", "smoke", "--epochs", "4", "--workdir", str(w), "--no-progress"]
@@ -66,6 +67,7 @@ def test_a_second_process_is_refused_at_once_and_the_first_run_is_whole(tmp_path
     assert lines(w / "metrics.csv") == 1 + 4
 
 
+@pytest.mark.slow
 def test_a_refused_process_writes_nothing(tmp_path):
     w = tmp_path / "study"
     holder = subprocess.Popen(
@@ -87,10 +89,11 @@ def test_a_refused_process_writes_nothing(tmp_path):
 # ---------------------------------------------------------------- studies grow
 
 
-GROW = ["--preset", "smoke", "--methods", "magnitude", "--targets", "0.5", "--baseline-epochs", "2",
+GROW = ["--preset", "smoke", "--data", "synthetic:256,64", "--methods", "magnitude", "--targets", "0.5", "--baseline-epochs", "2",
         "--no-progress", "--no-report"]
 
 
+@pytest.mark.slow
 def test_oneshot_then_iterative_grow_one_study_with_one_baseline(tmp_path):
     runs = []
     for script in ("oneshot.py", "iterative.py"):
@@ -139,6 +142,7 @@ def _truncate_files(folder: Path) -> int:
     return n
 
 
+@pytest.mark.slow
 def test_a_truncated_checkpoint_is_set_aside_and_the_run_resumes(tmp_path, capsys):
     # An lr at which epoch 1 stays the best (14.06% against 6.25% at epoch 3), so the best
     # and the latest are two kept steps and evaluate's fallback is required below.
@@ -164,6 +168,7 @@ def test_a_truncated_checkpoint_is_set_aside_and_the_run_resumes(tmp_path, capsy
     assert "test accuracy" in result.stdout and "epoch 1" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_damaged_final_step_that_a_grown_study_needs_is_repaired_by_the_rerun(tmp_path, capsys):
     w = tmp_path / "s"
     args = ["study", "--preset", "smoke", "--data", "synthetic:256,64", "--methods", "magnitude", "--schedules",
@@ -185,10 +190,11 @@ def test_a_damaged_final_step_that_a_grown_study_needs_is_repaired_by_the_rerun(
     assert "3 phases (3 finished), 0 of 4 epochs to train" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_torn_results_csv_is_rebuilt_by_the_report(tmp_path):
     w = tmp_path / "s"
-    args = ["study", "--preset", "smoke", "--methods", "magnitude", "--schedules", "oneshot", "--targets", "0.5",
-            "--baseline-epochs", "1", "--workdir", str(w), "--no-progress", "--no-report"]
+    args = ["study", "--preset", "smoke", "--data", "synthetic:256,64", "--methods", "magnitude", "--schedules",
+            "oneshot", "--targets", "0.5", "--baseline-epochs", "1", "--workdir", str(w), "--no-progress", "--no-report"]
     assert cli.main(args) == 0
     whole = (w / "results.csv").read_bytes()
     (w / "results.csv").write_bytes(whole[: len(whole) - 20])  # a row cut mid-append
@@ -202,23 +208,25 @@ def test_a_torn_results_csv_is_rebuilt_by_the_report(tmp_path):
 # ---------------------------------------------------------------- baselines from anywhere
 
 
+@pytest.mark.slow
 def test_a_baseline_from_two_devices_restores_on_one(tmp_path):
     base = tmp_path / "base"
     # JAX_PLATFORMS=cpu: these are forced host devices; on a GPU machine the
     # default backend would otherwise be its one GPU.
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    trained = subprocess.run([*PY, "train", "--preset", "smoke", "--epochs", "1", "--devices", "2",
+    trained = subprocess.run([*PY, "train", "--preset", "smoke", "--data", "synthetic:256,64", "--epochs", "1", "--devices", "2",
                               "--workdir", str(base), "--no-progress"], env=env, capture_output=True, text=True,
                              timeout=600)
     assert trained.returncode == 0, trained.stderr[-2000:]
     w = tmp_path / "s"
-    assert cli.main(["study", "--preset", "smoke", "--baseline", str(base), "--methods", "magnitude",
-                     "--schedules", "oneshot", "--targets", "0.5", "--workdir", str(w),
+    assert cli.main(["study", "--preset", "smoke", "--data", "synthetic:256,64", "--baseline", str(base),
+                     "--methods", "magnitude", "--schedules", "oneshot", "--targets", "0.5", "--workdir", str(w),
                      "--no-progress", "--no-report"]) == 0
     result = evaluation.evaluate_checkpoint(w / "oneshot-magnitude-0.50" / "round-01")
     assert result.sparsity.total.sparsity == pytest.approx(0.5, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_an_unfinished_baseline_is_refused_unless_one_epoch_is_named(tmp_path, capsys):
     from jaxprune import loop
 
@@ -249,6 +257,7 @@ def _write_cifar_like(root, seed):
     data.write_cifar10_bin(folder / data.TEST_FILE, ds.test_images, ds.test_labels)
 
 
+@pytest.mark.slow
 def test_a_resume_on_other_data_is_refused_naming_both_fingerprints(tmp_path, capsys):
     from jaxprune import loop
 
@@ -272,14 +281,15 @@ def test_a_resume_on_other_data_is_refused_naming_both_fingerprints(tmp_path, ca
     assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_pruned_baseline_is_continued_from(tmp_path, capsys):
     first = tmp_path / "first"
-    assert cli.main(["study", "--preset", "smoke", "--methods", "magnitude", "--schedules", "oneshot",
-                     "--targets", "0.5", "--baseline-epochs", "1", "--workdir", str(first),
+    assert cli.main(["study", "--preset", "smoke", "--data", "synthetic:256,64", "--methods", "magnitude",
+                     "--schedules", "oneshot", "--targets", "0.5", "--baseline-epochs", "1", "--workdir", str(first),
                      "--no-progress", "--no-report"]) == 0
     pruned = first / "oneshot-magnitude-0.50" / "round-01"
     w = tmp_path / "second"
-    args = ["study", "--preset", "smoke", "--baseline", str(pruned), "--methods", "magnitude",
+    args = ["study", "--preset", "smoke", "--data", "synthetic:256,64", "--baseline", str(pruned), "--methods", "magnitude",
             "--schedules", "oneshot", "iterative", "--workdir", str(w), "--no-progress", "--no-report"]
     capsys.readouterr()
     assert cli.main([*args, "--targets", "0.5"]) == 2
@@ -302,10 +312,12 @@ def test_a_pruned_baseline_is_continued_from(tmp_path, capsys):
 # ---------------------------------------------------------------- signals
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_at_a_safe_point_and_the_rerun_resumes(tmp_path, sig, code):
     w = tmp_path / "run"
-    args = ["train", "--preset", "smoke", "--epochs", "4", "--workdir", str(w), "--no-progress"]
+    args = ["train", "--preset", "smoke", "--data", "synthetic:256,64", "--epochs", "4", "--workdir", str(w),
+            "--no-progress"]
     proc = subprocess.Popen([*PY, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: lines(w / "metrics.csv") >= 2, 300, proc, "the first epoch")
@@ -328,7 +340,7 @@ def test_a_signal_stops_at_a_safe_point_and_the_rerun_resumes(tmp_path, sig, cod
 # ---------------------------------------------------------------- SIGKILL at chosen moments
 
 
-FAULT = ["study", "--preset", "smoke", "--methods", "magnitude", "--targets", "0.5", "0.75",
+FAULT = ["study", "--preset", "smoke", "--data", "synthetic:256,64", "--methods", "magnitude", "--targets", "0.5", "0.75",
          "--baseline-epochs", "3", "--no-progress", "--no-report"]
 # Each kill lands on an event of the rerun (jaxprune.faults), not on a timer, so
 # every one lands on any machine, fast or slow: each rerun completes at most
@@ -343,6 +355,7 @@ KILLS = [
 ]
 
 
+@pytest.mark.slow
 def test_sigkill_at_chosen_moments_then_resume_gives_the_uninterrupted_results(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert cli.main([*FAULT, "--workdir", str(whole)]) == 0
@@ -379,6 +392,7 @@ def _tiny_cfg(**kw):
                                  "progress": False, **kw})
 
 
+@pytest.mark.slow
 def test_a_directory_without_config_json_is_refused_and_left_untouched(tmp_path, capsys):
     from jaxprune import loop
 
@@ -417,6 +431,7 @@ def test_a_study_directory_is_not_a_training_run_and_back(tmp_path, capsys):
     assert "holds a study, not a training run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_restart_from_scratch_keeps_the_intact_epochs_aside(tmp_path, capsys):
     # A finished run keeps no optimizer state; if its final epoch is damaged it
     # must train again, and the intact epoch kept beside it (here a rewind

@@ -4,6 +4,7 @@ SIGTERM during report and export lands on an event (jaxprune.faults: one of
 their files written), so it lands mid-write on any machine.
 """
 
+import pytest
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ MAIN = [sys.executable, "-m", "jaxprune"]  # what the `jaxprune` command runs
 DATA = ["--data", "synthetic:256,64", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_sigint_half_a_second_after_a_study_starts_exits_130_in_one_line(tmp_path):
     w = tmp_path / "study"
     proc = subprocess.Popen([*MAIN, "study", "--preset", "smoke", *DATA, "--workdir", str(w)],
@@ -42,6 +44,7 @@ def _files(folder):
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_sigterm_during_report_and_export_exits_143_and_leaves_the_previous_outputs(tmp_path):
     w = _study(tmp_path)
     assert cli.main(["report", str(w)]) == 0
@@ -61,6 +64,7 @@ def test_sigterm_during_report_and_export_exits_143_and_leaves_the_previous_outp
         assert not [p for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.")]
 
 
+@pytest.mark.slow
 def test_report_out_refuses_a_folder_it_did_not_make_and_drops_stale_files(tmp_path, capsys):
     w = _study(tmp_path)
     theirs = tmp_path / "theirs"
@@ -76,6 +80,7 @@ def test_report_out_refuses_a_folder_it_did_not_make_and_drops_stale_files(tmp_p
     assert not (ours / "figure9_from_an_old_plan.png").exists() and (ours / "report.md").is_file()
 
 
+@pytest.mark.slow
 def test_an_export_killed_between_its_renames_is_put_back_by_the_next(tmp_path):
     import shutil
 
@@ -93,6 +98,7 @@ def test_an_export_killed_between_its_renames_is_put_back_by_the_next(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export.")]
 
 
+@pytest.mark.slow
 def test_a_reader_that_leaves_early_ends_the_output_quietly(tmp_path):
     # `jaxprune report DIR | head -0`: the pipe's reader is gone before the first line.
     w = _study(tmp_path)

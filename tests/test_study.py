@@ -49,6 +49,7 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_smoke_study_end_to_end(tmp_path):
     workdir = tmp_path / "study"
     assert cli.main(["study", "--preset", "smoke", "--workdir", str(workdir), "--no-progress"]) == 0
@@ -101,18 +102,20 @@ def test_bad_study_input(tmp_path, capsys, args, words):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_mismatched_baseline_and_foreign_workdir_are_refused(tmp_path, capsys):
     base = tmp_path / "base"
-    assert cli.main(["train", "--preset", "smoke", "--epochs", "1", "--workdir", str(base), "--no-progress"]) == 0
+    tiny = ["--data", "synthetic:256,64"]
+    assert cli.main(["train", "--preset", "smoke", *tiny, "--epochs", "1", "--workdir", str(base), "--no-progress"]) == 0
     capsys.readouterr()
-    code = cli.main(["study", "--preset", "smoke", "--width", "8", "--baseline", str(base),
+    code = cli.main(["study", "--preset", "smoke", *tiny, "--width", "8", "--baseline", str(base),
                      "--workdir", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert code == 2 and "width-4" in err and "don't match" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()
     # A study dir holding another study's results is refused and left as it was.
     s = tmp_path / "s2"
-    small = ["study", "--preset", "smoke", "--baseline", str(base), "--methods", "magnitude", "--schedules",
+    small = ["study", "--preset", "smoke", *tiny, "--baseline", str(base), "--methods", "magnitude", "--schedules",
              "oneshot", "--targets", "0.5", "--no-progress", "--no-report", "--workdir", str(s)]
     assert cli.main(small) == 0
     before = (s / "results.csv").read_bytes()
@@ -126,6 +129,7 @@ def test_mismatched_baseline_and_foreign_workdir_are_refused(tmp_path, capsys):
     assert [r["schedule"] for r in rows] == ["baseline", "oneshot"]
 
 
+@pytest.mark.slow
 def test_vmapped_phases_complete_and_match_one_at_a_time(tmp_path):
     """--parallel-runs 3 trains the three one-shot phases as one vmapped group (run axis 3);
     XLA batches their convolutions into grouped ones, which round differently in the last

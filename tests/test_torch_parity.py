@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("torch")
+pytestmark = pytest.mark.slow  # it trains, in a process of its own
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""

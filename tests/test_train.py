@@ -34,6 +34,7 @@ def prunable_pairs(tree, masks):
     return [(np.asarray(p), np.asarray(m)) for p, m in zip(jax.tree.leaves(tree), jax.tree.leaves(masks)) if np.ndim(m)]
 
 
+@pytest.mark.slow
 def test_masked_steps_keep_pruned_weights_and_momentum_exactly_zero(tiny_setup):
     cfg, variables, ds = tiny_setup
     tx = train.make_optimizer(cfg, 100)
@@ -57,6 +58,7 @@ def test_masked_steps_keep_pruned_weights_and_momentum_exactly_zero(tiny_setup):
     assert int(state.step) == 4
 
 
+@pytest.mark.slow
 def test_momentum_from_before_the_mask_is_cleared(tiny_setup):
     cfg, variables, ds = tiny_setup
     tx = train.make_optimizer(cfg, 100)
@@ -71,6 +73,7 @@ def test_momentum_from_before_the_mask_is_cleared(tiny_setup):
         assert (v[~m] == 0).all() and (p[~m] == 0).all()
 
 
+@pytest.mark.slow
 def test_evaluate_counts_every_image_including_the_partial_batch(tiny_setup):
     cfg, variables, ds = tiny_setup
     fns = train.step_fns_for(train.compile_key(cfg), 100)
@@ -85,6 +88,7 @@ def test_evaluate_counts_every_image_including_the_partial_batch(tiny_setup):
     assert float(m["test_loss"]) == pytest.approx(expected_loss, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted(tmp_path, tiny_setup):
     cfg, _, ds = tiny_setup
     whole = loop.train_and_evaluate(cfg, tmp_path / "whole", dataset=ds)
@@ -112,6 +116,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path, tiny_setup):
     assert saved["config"]["epochs"] == 3 and saved["config"]["width"] == 4
 
 
+@pytest.mark.slow
 def test_a_different_config_is_refused(tmp_path, tiny_setup):
     cfg, _, ds = tiny_setup
     loop.train_and_evaluate(dataclasses.replace(cfg, epochs=1), tmp_path, dataset=ds)
@@ -132,6 +137,7 @@ np.savez(sys.argv[2], *[np.asarray(x) for x in jax.tree.leaves(model)])
 """
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_bit_equal_in_a_fresh_process(tmp_path, tiny_setup):
     cfg, _, ds = tiny_setup
     cfg = dataclasses.replace(cfg, epochs=1)
@@ -191,6 +197,7 @@ def test_locate_best_uses_the_metric_the_run_chose_by(tmp_path, val_split, best)
 CIFAR10_DIR = os.environ.get("JAXPRUNE_CIFAR10_DIR")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CIFAR10_DIR, reason="set JAXPRUNE_CIFAR10_DIR to a folder holding cifar-10-batches-bin/")
 def test_real_cifar10_width8_one_epoch_on_10k_images(tmp_path):
     # One epoch: augmentation would only slow learning, and small batches give
@@ -206,6 +213,7 @@ def test_real_cifar10_width8_one_epoch_on_10k_images(tmp_path):
     assert result.history[-1]["test_acc"] > 0.30
 
 
+@pytest.mark.slow
 def test_seed_preset_trains_every_image_at_the_write_ups_learning_rates(tmp_path):
     """The write-up's recipe on any data: lr 0.1, 0.099994, 0.099975 (CosineAnnealingLR(T_max=200)
     per epoch), and every image each epoch: 300 images at batch 128 are 3 steps, the last of 44."""
@@ -255,6 +263,7 @@ print("ok", worst)
 """
 
 
+@pytest.mark.slow
 def test_whole_epoch_scan_equals_one_step_per_dispatch():
     """The accelerator path (k steps in one lax.scan dispatch, a ragged last chunk, then the
     partial batch) equals one dispatch per step. In float64, where rounding cannot hide a
@@ -264,6 +273,7 @@ def test_whole_epoch_scan_equals_one_step_per_dispatch():
     assert result.stdout.startswith("ok")
 
 
+@pytest.mark.slow
 def test_bfloat16_run_trains_resumes_and_evaluates(tmp_path, tiny_setup):
     from jaxprune import evaluation
 
@@ -290,6 +300,7 @@ def test_bfloat16_run_trains_resumes_and_evaluates(tmp_path, tiny_setup):
     assert result.test_acc == pytest.approx(whole.history[-1]["test_acc"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_deterministic_flag_reaches_xla_and_runs(tmp_path):
     """--deterministic sets XLA's deterministic-kernel flags before the backend starts
     (GPU flags; accepted on a CPU, where runs are deterministic anyway). A dump flag

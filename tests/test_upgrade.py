@@ -1,5 +1,6 @@
 """Studies are forever: a study directory made by an earlier release resumes and grows."""
 
+import pytest
 import csv
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ def rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_a_study_from_release_5ccc1bf_resumes_with_nothing_retrained_and_grows(tmp_path, capsys):
     w = tmp_path / "study"
     shutil.copytree(FIXTURES / "study-5ccc1bf", w)
