@@ -432,6 +432,10 @@ def locate(path: str | os.PathLike, which: str = "latest") -> tuple[Path, int]:
     not_ours = CheckpointError(
         f"{path} is not a jaxprune checkpoint: no readable <epoch>/ steps in it or in its checkpoints/"
     )
+    phases = _runs_below(path) if folder == path else []
+    if phases and not any(p.name.isdigit() for p in path.iterdir()):
+        shown = ", ".join(phases[:4]) + (f" and {len(phases) - 4} more" if len(phases) > 4 else "")
+        raise CheckpointError(f"{path} is a folder of runs, not one run: give one of {shown} (under it)")
     if not any(p.name.isdigit() for p in folder.iterdir()):
         raise not_ours
     with RunCheckpoints(folder, read_only=True) as ckpts:
@@ -443,6 +447,13 @@ def locate(path: str | os.PathLike, which: str = "latest") -> tuple[Path, int]:
     if epoch is None:
         raise not_ours
     return folder, epoch
+
+
+def _runs_below(path: Path) -> list[str]:
+    """The runs (folders with checkpoints/) one or two levels below `path`: a study's
+    phases (baseline, <chain>/round-NN) or a chain's rounds, as paths relative to it."""
+    found = [p.parent for p in path.glob("*/checkpoints")] + [p.parent for p in path.glob("*/*/checkpoints")]
+    return sorted(str(p.relative_to(path)) for p in found if p.is_dir())
 
 
 def read_meta(folder: Path, epoch: int) -> dict[str, Any]:

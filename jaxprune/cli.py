@@ -43,8 +43,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _add_config_options(parser: argparse.ArgumentParser, cls, prefix: str = "", exclude=()) -> None:
-    """One option per dataclass field, help from the field's metadata; defaults come later."""
+def _add_config_options(parser: argparse.ArgumentParser, cls, prefix: str = "", exclude=(),
+                        preset: tuple[str, dict] | None = None) -> None:
+    """One option per dataclass field, help from the field's metadata; defaults come later.
+    preset (name, values): `--preset NAME --help` shows what the preset sets beside each default."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
@@ -54,7 +56,10 @@ def _add_config_options(parser: argparse.ArgumentParser, cls, prefix: str = "", 
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         choices = f.metadata.get("choices")
         one_of = f"; one of {', '.join(choices)}" if choices else ""
-        help_text = f"{f.metadata.get('help', '')}{one_of} (default: {_show(default)})"
+        shown = f"default: {_show(default)}"
+        if preset is not None and f.name in preset[1] and preset[1][f.name] != default:
+            shown = f"--preset {preset[0]}: {_show(preset[1][f.name])}; default: {_show(default)}"
+        help_text = f"{f.metadata.get('help', '')}{one_of} ({shown})"
         dest = prefix + f.name
         if kind is bool:
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -120,9 +125,16 @@ def default_study_workdir(cfg: config_lib.StudyConfig) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     from jaxprune import hosts, loop
 
+    from jaxprune import train
+
     cfg = train_config(args).validate()
     workdir = Path(args.workdir) if args.workdir else default_train_workdir(cfg)
-    result = loop.train_and_evaluate(cfg, workdir)
+    dataset = data_lib.load(cfg.data)
+    images = train.images_per_epoch(cfg, len(dataset.prepared(cfg).train_labels))
+    # Without a progress bar, one line per epoch: where it is, how fast, how long to go.
+    say = (lambda row: print(epoch_line(workdir.name, row, cfg.epochs, images), flush=True)) \
+        if not cfg.progress and hosts.primary() else None
+    result = loop.train_and_evaluate(cfg, workdir, dataset=dataset, on_epoch=say)
     last = result.history[-1]
     if loop.stopped_by_divergence(cfg, result.history):
         print(f"jaxprune train: {workdir} diverged at epoch {last['epoch']} (training loss {last['train_loss']}); "
@@ -134,6 +146,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{100 * last['test_acc']:.2f}%, best {100 * result.best_test_acc:.2f}%"
         )
     return 0
+
+
+def epoch_line(name: str, row: dict, epochs: int, images: int) -> str:
+    from jaxprune import study
+
+    """'run: epoch 3/90, loss 1.2345, test 45.67%, 12.3 s (4,065 images/s), about 17 min left'."""
+    seconds = max(row["seconds"], 1e-9)
+    left = (epochs - row["epoch"]) * seconds  # at this epoch's pace (the first includes compiling)
+    return (f"{name}: epoch {row['epoch']}/{epochs}, loss {row['train_loss']:.4f}, test {100 * row['test_acc']:.2f}%, "
+            f"{seconds:.1f} s ({images / seconds:,.0f} images/s), about {study.duration(left)} left")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -222,6 +244,36 @@ def cmd_export(args: argparse.Namespace) -> int:
 COMMANDS["export"] = cmd_export
 
 
+def _as_option(name: str, value) -> str:
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {_show(value)}"
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    """Prints what each preset sets (only the fields it changes from the defaults)."""
+    tables = {"train": config_lib.TRAIN_PRESETS, "study": config_lib.STUDY_PRESETS}
+    known = sorted({n for c, t in tables.items() if args.command_name in (None, c) for n in t})
+    if args.name is not None and args.name not in known:
+        raise UsageError(f"no preset {args.name!r}; the presets are {', '.join(known)}")
+    for command, presets in tables.items():
+        if args.command_name not in (None, command):
+            continue
+        for name, values in presets.items():
+            if args.name not in (None, name):
+                continue
+            flat = {**{k: v for k, v in values.items() if k != "train"}, **values.get("train", {})}
+            if command == "study":  # a study sets each phase's epochs itself
+                flat.pop("epochs", None)
+            settings = " ".join(_as_option(k, v) for k, v in flat.items()) or "(the defaults)"
+            print(f"jaxprune {command} --preset {name}: {settings}")
+    return 0
+
+
+COMMANDS["presets"] = cmd_presets
+
+
 def _add_distributed_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "several hosts",
@@ -267,7 +319,20 @@ def _join_job(args: argparse.Namespace) -> None:
                          "JAX_* environment") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _preset_asked(argv: Sequence[str]) -> str | None:
+    """The --preset NAME in a command line, so that its --help can show the preset's values."""
+    for i, a in enumerate(argv):
+        if a == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--preset="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
+    """The command line; `preset` (a --preset NAME already given) only changes what --help shows."""
+    train_preset = (preset, config_lib.TRAIN_PRESETS[preset]) if preset in config_lib.TRAIN_PRESETS else None
+    study_preset = (preset, config_lib.STUDY_PRESETS[preset]) if preset in config_lib.STUDY_PRESETS else None
     parser = _Parser(
         prog="jaxprune",
         description="Global unstructured pruning studies (one-shot vs iterative) of ResNet18 on CIFAR-10.",
@@ -284,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from a named config: seed (the write-up's recipe), quick (a few GPU "
                         "minutes), smoke (synthetic data on a CPU in about a minute); options override it")
     p.add_argument("--workdir", help="run directory (default: runs/train-... named by the settings)")
-    _add_config_options(p, config_lib.TrainConfig)
+    _add_config_options(p, config_lib.TrainConfig, preset=train_preset)
     _add_distributed_options(p)
 
     p = sub.add_parser(
@@ -312,9 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "data on a CPU in a few minutes); options override it")
     p.add_argument("--workdir", help="study directory (default: runs/study-... named by the settings)")
     p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
-    _add_config_options(p, config_lib.StudyConfig)
+    _add_config_options(p, config_lib.StudyConfig, preset=study_preset)
     # The study sets these per phase (a round's epochs, gradual sparsities, lr-rewind's offset).
-    _add_config_options(p, config_lib.TrainConfig, exclude=("epochs", "prune_to", "prune_from", "schedule_start"))
+    _add_config_options(p, config_lib.TrainConfig, exclude=("epochs", "prune_to", "prune_from", "schedule_start"),
+                        preset=study_preset and (preset, study_preset[1].get("train", {})))
     _add_distributed_options(p)
 
     p = sub.add_parser(
@@ -359,6 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="best: the epoch with the highest validation accuracy when the run held out "
                         "--val-split images, else test accuracy; latest: the last saved epoch, what a study "
                         "prunes and what evaluate reads by default (default: %(default)s)")
+
+    p = sub.add_parser(
+        "presets",
+        help="what each --preset sets",
+        description="Print each preset's settings for train and study (the fields it changes from "
+        "the defaults), as the options that would set them. `jaxprune train --preset NAME --help` "
+        "shows them beside each option too.",
+    )
+    p.add_argument("command_name", nargs="?", choices=("train", "study"), metavar="COMMAND",
+                   help="train or study (default: both)")
+    p.add_argument("name", nargs="?", help="one preset (default: all)")
     return parser
 
 
@@ -390,7 +467,8 @@ def _usage(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_preset_asked(argv))
     args = parser.parse_args(argv)
     if getattr(args, "deterministic", None):
         request_determinism()

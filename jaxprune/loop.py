@@ -197,6 +197,7 @@ class _Group:
         self.val = None if dataset.val_labels is None else devices.put_replicated(
             (dataset.val_images, dataset.val_labels), mesh)
         self.prunable = kernels.counts(self.cfg.width, tuple(self.cfg.exclude))[1]
+        self.images = train.images_per_epoch(self.cfg, len(dataset.train_labels))
         self.last_ready = time.perf_counter()  # when the previous epoch's results were read
 
     def dispatch(self, members: tuple[int, ...], epoch: int, state) -> tuple[Any, _Flight]:
@@ -242,7 +243,8 @@ class _Group:
                 )
             self.bar.update(1)
         if row is not None:
-            self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{100 * row['test_acc']:.2f}%")
+            self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{100 * row['test_acc']:.2f}%",
+                                 img_s=f"{self.images / max(row['seconds'], 1e-9):,.0f}")
         if self.trace is not None:
             flight.watcher.join()
             self.trace.append(flight.trace)

@@ -441,6 +441,23 @@ def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None,
         f"{sum(epochs)} epochs to train, "
         f"in {workdir}; {disk} on disk when the study is done"
     )
+    if to_train and cfg.train.width >= 16 and jax.default_backend() == "cpu":
+        log(f"study: training width {cfg.train.width} on a CPU, many times slower than on a GPU; each phase's "
+            "line gives the time left at the measured pace (--preset smoke is a study sized for a CPU)")
+    pace = [0, 0.0]  # epochs trained by this invocation, and their seconds: for the time left
+    writer = _results_writer(workdir, recorded)
+
+    def on_epoch(spec: loop.RunSpec, row: dict[str, Any]) -> None:
+        writer(spec, row)
+        pace[0] += 1
+        pace[1] += row["seconds"]
+
+    def time_left() -> str:
+        left = sum(e for p, e in zip(phases, epochs) if p in pending)
+        if not left or not pace[0]:
+            return ""
+        return f"; {left} epoch{'s' * (left != 1)} left, about {duration(left * pace[1] / pace[0])}"
+
     while pending:
         for p in [p for p in pending if p.parent in failed]:  # plan order: parents come first
             pending.remove(p)
@@ -463,7 +480,7 @@ def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None,
             pending = [p for p in phases if p in pending or p == d.phase]
             continue
         results = loop.train_runs(specs, dataset=dataset, run_axis=cfg.parallel_runs,
-                                  on_epoch=_results_writer(workdir, recorded))
+                                  on_epoch=on_epoch)
         for phase, result in zip(group, results):
             done.add(phase.name)
             pending.remove(phase)
@@ -476,7 +493,7 @@ def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None,
             finals[phase.name] = Final(result.state.params, result.state.batch_stats, result.state.masks, last_lr)
             log(
                 f"[{n_done}/{len(phases)}] {phase.name}: sparsity {100 * phase.sparsity:.2f}%, "
-                f"best test accuracy {100 * result.best_test_acc:.2f}%"
+                f"best test accuracy {100 * result.best_test_acc:.2f}%{time_left()}"
             )
         # Keep only the weights that pending phases will prune.
         needed = {p.parent for p in pending}
@@ -553,6 +570,17 @@ def _rewind_point(cfg: config_lib.StudyConfig, workdir: Path, phase: Phase) -> d
             )
         model, _ = ck.restore_model(k, checkpoint.abstract_model(train.abstract_state(base_cfg)))
     return {"params": model["params"], "batch_stats": model["batch_stats"]}
+
+
+def duration(seconds: float) -> str:
+    """A rough human duration: '40 s', '17 min', '5.2 h', '3.1 days'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 def _results_writer(workdir: Path, recorded: list[Phase]):

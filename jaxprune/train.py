@@ -49,6 +49,11 @@ def build_model(cfg: config_lib.TrainConfig) -> ResNet18:
     return ResNet18(num_classes=data.NUM_CLASSES, width=cfg.width, dtype=jnp.dtype(cfg.dtype))
 
 
+def images_per_epoch(cfg: config_lib.TrainConfig, n_train: int) -> int:
+    """Training images one epoch sees: all of them, or only full batches with drop_last."""
+    return n_train - n_train % cfg.batch_size if cfg.drop_last else n_train
+
+
 def steps_per_epoch(cfg: config_lib.TrainConfig, n_train: int) -> int:
     """SGD steps per epoch: every image (the last batch partial), or only full batches."""
     return n_train // cfg.batch_size if cfg.drop_last else -(-n_train // cfg.batch_size)

@@ -1,6 +1,8 @@
 """The command line: the smoke preset end to end, evaluate, help, and one-line errors."""
 
 import csv
+import dataclasses
+import re
 import subprocess
 import sys
 
@@ -21,6 +23,10 @@ def test_smoke_preset_trains_and_evaluates(tmp_path, capsys):
     assert cli.main(["train", "--preset", "smoke", "--workdir", str(workdir), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "3 epochs" in out
+    # Without a progress bar, a line per epoch: loss, accuracy, seconds, speed, time left.
+    lines = [line for line in out.splitlines() if line.startswith("smoke: epoch ")]
+    assert [line.split(",")[0] for line in lines] == ["smoke: epoch 1/3", "smoke: epoch 2/3", "smoke: epoch 3/3"]
+    assert all(re.search(r", [\d.]+ s \([\d,]+ images/s\), about [\d.]+ (s|min|h) left$", line) for line in lines), lines
     with open(workdir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3
@@ -126,3 +132,25 @@ def test_a_study_trains_without_pandas_and_says_how_to_report(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "jaxprune study: report skipped" in result.stderr and f"jaxprune report {w}" in result.stderr
     assert len(list(csv.DictReader(open(w / "results.csv")))) == 2 and not (w / "report").exists()
+
+
+def test_presets_are_listed_and_shown_in_help(capsys):
+    assert cli.main(["presets", "study", "smoke"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == ["jaxprune study --preset smoke: --baseline-epochs 3 --round-epochs 1 --step 0.5 --shared-chain "
+                   "--data synthetic:2048,512 --schedule cosine --width 4 --batch-size 64 --eval-batch-size 512"]
+    assert cli.main(["presets"]) == 0
+    listed = capsys.readouterr().out
+    assert "jaxprune train --preset seed: (the defaults)" in listed and "jaxprune train --preset quick:" in listed
+    assert cli.main(["presets", "train", "tiny"]) == 2
+    assert "no preset 'tiny'; the presets are quick, seed, smoke" in capsys.readouterr().err
+    # Each listed setting is a real option: the smoke line, given back to study, builds the preset's config.
+    settings = out[0].split(": ", 1)[1].split()
+    listed, preset = (cli.study_config(cli.build_parser().parse_args(a))
+                      for a in (["study", *settings], ["study", "--preset", "smoke"]))
+    # The study sets each phase's epochs itself, so the preset's train epochs are not listed.
+    assert dataclasses.replace(listed, train=dataclasses.replace(listed.train, epochs=3)) == preset
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--preset", "smoke", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(--preset smoke: 3; default: 90)" in text and "(--preset smoke: 4; default: 64)" in text

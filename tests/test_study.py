@@ -1,6 +1,7 @@
 """The study: plans from exact counts, the smoke study end to end, kill-and-resume, bad input."""
 
 import csv
+import re
 import signal
 import subprocess
 import sys
@@ -50,9 +51,13 @@ def read_rows(path):
 
 
 @pytest.mark.slow
-def test_smoke_study_end_to_end(tmp_path):
+def test_smoke_study_end_to_end(tmp_path, capsys):
     workdir = tmp_path / "study"
     assert cli.main(["study", "--preset", "smoke", "--workdir", str(workdir), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\[1/15\] baseline: sparsity 0.00%, best test accuracy [\d.]+%; 14 epochs left, about [\d.]+ (s|min|h)$",
+                     out, re.M), out  # the time left at the pace measured so far
+    assert re.search(r"^\[15/15\] .*%$", out, re.M), out  # nothing left: no estimate
     rows = read_rows(workdir / "results.csv")
     assert list(rows[0]) == list(study.RESULT_FIELDS)
     cfg = config.study_preset("smoke")

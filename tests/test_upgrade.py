@@ -111,3 +111,13 @@ def test_the_default_directory_an_earlier_release_named_is_found_and_resumed(tmp
     assert "3 phases (3 finished), 0 of 3 epochs to train" in capsys.readouterr().out
     assert rundir.read_metrics(old / "baseline") == before
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [old.name]
+
+
+def test_evaluate_on_a_study_or_chain_folder_names_the_runs_under_it(tmp_path, capsys):
+    w = FIXTURES / "study-5ccc1bf"
+    assert cli.main(["evaluate", str(w)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"jaxprune evaluate: error: {w} is a folder of runs, not one run: give one of baseline, "
+                   "iterative-magnitude-0.50/round-01, oneshot-magnitude-0.50/round-01 (under it)"]
+    assert cli.main(["evaluate", str(w / "oneshot-magnitude-0.50")]) == 2
+    assert "give one of round-01 (under it)" in capsys.readouterr().err
