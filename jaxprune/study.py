@@ -39,11 +39,9 @@ from typing import Any, Callable
 import jax
 
 from jaxprune import checkpoint, config as config_lib, data, hosts, kernels, loop, masks as masks_lib, rundir, train
-from jaxprune.modes import (
-    RETRAINING, SCHEDULES, Planning, Sources, Start, StudyError, chain_modes_of, iterative_counts,
-)
 from jaxprune.faults import fault_point
 from jaxprune.models import init_variables
+from jaxprune.modes import RETRAINING, SCHEDULES, Planning, Sources, Start, StudyError, chain_modes_of
 
 RESULT_FIELDS = (
     "seed", "retrain", "distribution", "schedule", "method", "target", "round", "sparsity", "epoch",

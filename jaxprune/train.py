@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from jaxprune import config as config_lib, data, devices, kernels, masks as masks_lib
-from jaxprune.models import ResNet18, init_variables
+from jaxprune.models import ResNet18
 
 
 @flax.struct.dataclass

@@ -36,6 +36,23 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
+# A small finished study, trained once per session for the tests that only read it
+# (or change a copy): a 1-epoch baseline and one-shot magnitude pruning to 50%.
+SMALL_STUDY = ["study", "--preset", "smoke", "--data", "synthetic:256,64", "--methods", "magnitude",
+               "--schedules", "oneshot", "--targets", "0.5", "--baseline-epochs", "1", "--no-progress", "--no-report"]
+
+
+@pytest.fixture(scope="session")
+def small_study(tmp_path_factory):
+    """The SMALL_STUDY's directory. Read it, or `shutil.copytree` it to change it: other tests share it.
+    Its baseline/ is a finished 1-epoch smoke run on the same data, fit to pass as --baseline."""
+    from jaxprune import cli
+
+    w = tmp_path_factory.mktemp("shared") / "study"
+    assert cli.main([*SMALL_STUDY, "--workdir", str(w)]) == 0
+    return w
+
+
 @pytest.fixture(scope="session")
 def resnet18_shapes():
     """Full-size ResNet18 variables as ShapeDtypeStructs (no compute)."""

@@ -1,8 +1,9 @@
 """Divergence: a non-finite loss stops its phase in one line, is marked in results.csv and
 the report, the phases that don't descend from it go on, and the study exits 1."""
 
-import pytest
 import csv
+
+import pytest
 
 from jaxprune import cli, rundir
 

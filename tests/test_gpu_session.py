@@ -1,13 +1,13 @@
 """benchmarks/gpu_session.sh, the scripted GPU session, exercised on the CPU with tiny
 settings: a lent GPU's minutes must not be spent finding a typo in it."""
 
-import pytest
 import csv
 import os
 import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from jaxprune import data
 

@@ -1,9 +1,9 @@
 """ResNet18 (CIFAR variant): shapes and counts at full size, forward passes at small width."""
 
-import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxprune
 from jaxprune.models import ResNet18, count_params, init_variables

@@ -1,6 +1,5 @@
 """Several runs vmapped on one device, and data parallelism over several devices."""
 
-import dataclasses
 import os
 import subprocess
 import sys

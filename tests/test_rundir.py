@@ -7,6 +7,7 @@ Every subprocess has a time bound.
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,11 +192,8 @@ def test_a_damaged_final_step_that_a_grown_study_needs_is_repaired_by_the_rerun(
 
 
 @pytest.mark.slow
-def test_a_torn_results_csv_is_rebuilt_by_the_report(tmp_path):
-    w = tmp_path / "s"
-    args = ["study", "--preset", "smoke", "--data", "synthetic:256,64", "--methods", "magnitude", "--schedules",
-            "oneshot", "--targets", "0.5", "--baseline-epochs", "1", "--workdir", str(w), "--no-progress", "--no-report"]
-    assert cli.main(args) == 0
+def test_a_torn_results_csv_is_rebuilt_by_the_report(tmp_path, small_study):
+    w = Path(shutil.copytree(small_study, tmp_path / "s"))
     whole = (w / "results.csv").read_bytes()
     (w / "results.csv").write_bytes(whole[: len(whole) - 20])  # a row cut mid-append
     result = subprocess.run([*PY, "report", str(w)], capture_output=True, text=True, timeout=300)
@@ -282,12 +280,8 @@ def test_a_resume_on_other_data_is_refused_naming_both_fingerprints(tmp_path, ca
 
 
 @pytest.mark.slow
-def test_a_pruned_baseline_is_continued_from(tmp_path, capsys):
-    first = tmp_path / "first"
-    assert cli.main(["study", "--preset", "smoke", "--data", "synthetic:256,64", "--methods", "magnitude",
-                     "--schedules", "oneshot", "--targets", "0.5", "--baseline-epochs", "1", "--workdir", str(first),
-                     "--no-progress", "--no-report"]) == 0
-    pruned = first / "oneshot-magnitude-0.50" / "round-01"
+def test_a_pruned_baseline_is_continued_from(tmp_path, capsys, small_study):
+    pruned = small_study / "oneshot-magnitude-0.50" / "round-01"  # read only
     w = tmp_path / "second"
     args = ["study", "--preset", "smoke", "--data", "synthetic:256,64", "--baseline", str(pruned), "--methods", "magnitude",
             "--schedules", "oneshot", "iterative", "--workdir", str(w), "--no-progress", "--no-report"]

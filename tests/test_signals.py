@@ -4,12 +4,14 @@ SIGTERM during report and export lands on an event (jaxprune.faults: one of
 their files written), so it lands mid-write on any machine.
 """
 
-import pytest
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from jaxprune import cli
 
@@ -33,11 +35,11 @@ def test_sigint_half_a_second_after_a_study_starts_exits_130_in_one_line(tmp_pat
         assert not w.exists()
 
 
-def _study(tmp_path):
-    w = tmp_path / "study"
-    assert cli.main(["study", "--preset", "smoke", *DATA, "--methods", "magnitude", "--schedules", "oneshot",
-                     "--targets", "0.5", "--baseline-epochs", "1", "--workdir", str(w), "--no-report"]) == 0
-    return w
+def _study(tmp_path, small_study):
+    """A copy of the session's small study (conftest.SMALL_STUDY), for this test to change."""
+    import shutil
+
+    return Path(shutil.copytree(small_study, tmp_path / "study"))
 
 
 def _files(folder):
@@ -45,8 +47,8 @@ def _files(folder):
 
 
 @pytest.mark.slow
-def test_sigterm_during_report_and_export_exits_143_and_leaves_the_previous_outputs(tmp_path):
-    w = _study(tmp_path)
+def test_sigterm_during_report_and_export_exits_143_and_leaves_the_previous_outputs(tmp_path, small_study):
+    w = _study(tmp_path, small_study)
     assert cli.main(["report", str(w)]) == 0
     report = _files(w / "report")
     out = tmp_path / "export"
@@ -65,8 +67,8 @@ def test_sigterm_during_report_and_export_exits_143_and_leaves_the_previous_outp
 
 
 @pytest.mark.slow
-def test_report_out_refuses_a_folder_it_did_not_make_and_drops_stale_files(tmp_path, capsys):
-    w = _study(tmp_path)
+def test_report_out_refuses_a_folder_it_did_not_make_and_drops_stale_files(tmp_path, small_study, capsys):
+    w = _study(tmp_path, small_study)
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "notes.txt").write_text("mine")
@@ -81,10 +83,10 @@ def test_report_out_refuses_a_folder_it_did_not_make_and_drops_stale_files(tmp_p
 
 
 @pytest.mark.slow
-def test_an_export_killed_between_its_renames_is_put_back_by_the_next(tmp_path):
+def test_an_export_killed_between_its_renames_is_put_back_by_the_next(tmp_path, small_study):
     import shutil
 
-    w = _study(tmp_path)
+    w = _study(tmp_path, small_study)
     phase = w / "oneshot-magnitude-0.50" / "round-01"
     out = tmp_path / "export"
     assert cli.main(["export", str(phase), str(out)]) == 0
@@ -99,9 +101,9 @@ def test_an_export_killed_between_its_renames_is_put_back_by_the_next(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_reader_that_leaves_early_ends_the_output_quietly(tmp_path):
+def test_a_reader_that_leaves_early_ends_the_output_quietly(tmp_path, small_study):
     # `jaxprune report DIR | head -0`: the pipe's reader is gone before the first line.
-    w = _study(tmp_path)
+    w = _study(tmp_path, small_study)
     proc = subprocess.Popen([*MAIN, "report", str(w)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()
     err = proc.stderr.read().decode()

@@ -1,9 +1,10 @@
 """Studies are forever: a study directory made by an earlier release resumes and grows."""
 
-import pytest
 import csv
 import shutil
 from pathlib import Path
+
+import pytest
 
 from jaxprune import cli, rundir
 
@@ -51,7 +52,6 @@ import dataclasses  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 
-import pytest  # noqa: E402
 
 from jaxprune import config as config_lib  # noqa: E402
 
