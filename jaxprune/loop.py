@@ -303,43 +303,11 @@ class _Group:
         return stopping
 
 
-def train_runs(
-    specs: list[RunSpec],
-    *,
-    dataset: data.Dataset | None = None,
-    on_epoch: Callable[[RunSpec, dict[str, Any]], None] | None = None,
-    run_axis: int | None = None,
-    trace: list[dict[str, float]] | None = None,
-) -> list[RunResult]:
-    """Trains several independent runs at once, `jax.vmap`ped over a run axis.
-
-    The runs share the recipe (configs equal but for the seed) and the data
-    set on the device; each has its own key, weights, masks, directory and
-    checkpoints, and each resumes on its own. Runs that a crash left at
-    different epochs first catch up.
-
-    run_axis (default: the number of runs) is the size of the vmapped run
-    axis; runs that are fewer (a lagging subset after a crash, a study's last
-    group) are padded with throwaway copies. XLA rounds a convolution batched
-    over N runs slightly differently from a single one, and differently for
-    each N, but identically whatever a run's partners and position: so with a
-    fixed run_axis results depend neither on the grouping nor on crashes and
-    resumes. run_axis=1 trains each run with the plain program, as
-    `train_and_evaluate` does.
-
-    trace, when given, receives per epoch the host times (perf_counter
-    seconds) of its dispatch ('dispatch_start', 'dispatch_end') and of its
-    results becoming ready ('ready'), measured by a watcher thread: the
-    device-idle benchmark reads them.
-
-    Raises interrupt.Interrupted, after saving the epoch in flight, when a
-    stop was requested (see `interrupt.stop_at_safe_points`).
-    """
-    run_axis = run_axis or len(specs)
+def _checked(specs: list[RunSpec], dataset: data.Dataset | None, run_axis: int):
+    """(data set prepared, SGD steps per epoch) for runs trained together, or the
+    one-line error (ConfigError) why they cannot be."""
     if run_axis < len(specs):
         raise ValueError(f"run_axis {run_axis} is smaller than the {len(specs)} runs")
-    if not specs:
-        return []
     for spec in specs:
         spec.cfg.validate()
     cfg = specs[0].cfg
@@ -352,6 +320,35 @@ def train_runs(
         raise config_lib.ConfigError(
             f"--batch-size {cfg.batch_size} is larger than the {n_train} training images (and --drop-last is on)"
         )
+    return dataset, n_steps
+
+
+def train_runs(
+    specs: list[RunSpec],
+    *,
+    dataset: data.Dataset | None = None,
+    on_epoch: Callable[[RunSpec, dict[str, Any]], None] | None = None,
+    run_axis: int | None = None,
+    trace: list[dict[str, float]] | None = None,
+) -> list[RunResult]:
+    """Trains several independent runs at once, `jax.vmap`ped over a run axis of `run_axis`
+    (default: the number of runs; fewer runs are padded with throwaway copies).
+
+    The runs share the recipe (configs equal but for the seed) and the data set on the
+    device; each has its own key, weights, masks, directory and checkpoints, and resumes
+    on its own (runs a crash left behind catch up first). XLA rounds a convolution
+    batched over N runs differently for each N but not by a run's partners or position,
+    so with a fixed run_axis results depend neither on grouping nor on crashes;
+    run_axis=1 is the plain program `train_and_evaluate` runs. trace, when given,
+    receives each epoch's host times of dispatch and of results ready (the device-idle
+    benchmark). Raises interrupt.Interrupted, after saving the epoch in flight, when a
+    stop was requested (see `interrupt.stop_at_safe_points`).
+    """
+    if not specs:
+        return []
+    run_axis = run_axis or len(specs)
+    dataset, n_steps = _checked(specs, dataset, run_axis)
+    cfg = specs[0].cfg
     tx = train.make_optimizer(cfg, n_steps)
     mesh = devices.mesh_for(cfg.devices, cfg.batch_size, run_axis)
     fns = train.step_fns_for(train.compile_key(cfg), n_steps, runs=run_axis > 1, mesh=mesh)
@@ -359,11 +356,9 @@ def train_runs(
         fingerprint = data.fingerprint(dataset)
         # Each claims its directory only now, so bad input writes nothing.
         runs = [_Run(spec, tx, mesh, stack, fingerprint) for spec in specs]
-        bar = stack.enter_context(_progress(cfg, runs))
-        group = _Group(runs, fns, mesh, dataset, run_axis=run_axis, n_steps=n_steps, bar=bar, on_epoch=on_epoch,
-                       trace=trace)
-        stopping = group.run()
-        if stopping is not None:
+        group = _Group(runs, fns, mesh, dataset, run_axis=run_axis, n_steps=n_steps,
+                       bar=stack.enter_context(_progress(cfg, runs)), on_epoch=on_epoch, trace=trace)
+        if (stopping := group.run()) is not None:
             raise interrupt.Interrupted(stopping)
     return [RunResult(r.state, r.history) for r in runs]
 
