@@ -347,7 +347,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", choices=sorted(config_lib.TRAIN_PRESETS),
                    help="start from a named config: seed (the write-up's recipe), quick (a few GPU "
-                        "minutes), smoke (synthetic data on a CPU in about a minute); options override it")
+                        "minutes), smoke (synthetic data: 33 s on a 2-core CPU, see README); options override it")
     p.add_argument("--workdir", help="run directory (default: runs/train-... named by the settings)")
     _add_config_options(p, config_lib.TrainConfig, preset=train_preset)
     _add_distributed_options(p)
@@ -374,7 +374,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(config_lib.STUDY_PRESETS),
                    help="start from a named study: seed (the write-up: 90-epoch phases on CIFAR-10), "
                         "quick (short bf16 rounds, shared chain: minutes on a GPU), smoke (synthetic "
-                        "data on a CPU in a few minutes); options override it")
+                        "data: 117 s on a 2-core CPU, see README); options override it")
     p.add_argument("--workdir", help="study directory (default: runs/study-... named by the settings)")
     p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     _add_config_options(p, config_lib.StudyConfig, preset=study_preset)

@@ -210,7 +210,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "seed": {},
     # A few minutes on one GPU: short runs anneal to 0 to converge.
     "quick": {"epochs": 15, "dtype": "bfloat16", "schedule": "cosine"},
-    # Synthetic data at a small width: a couple of minutes on a CPU.
+    # Synthetic data at a small width: 33 s on a 2-core CPU (README's timings).
     "smoke": {
         "data": "synthetic:2048,512",
         "schedule": "cosine",
@@ -441,7 +441,7 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         "round_epochs": 2,
         "shared_chain": True,
     },
-    # Synthetic data at width 4 with coarse steps: a few minutes on a CPU.
+    # Synthetic data at width 4 with coarse steps: 117 s on a 2-core CPU (README's timings).
     "smoke": {
         "train": TRAIN_PRESETS["smoke"],
         "baseline_epochs": 3,
