@@ -159,15 +159,10 @@ class Planning:
     new: Callable[..., Any]  # (schedule, target, round, count, sparsity, parent) -> Phase
 
 
-def _oneshot(p: Planning) -> list:
-    # k is what prune_global(t) prunes from a dense model.
-    return [p.new("oneshot", t, 1, round(t * p.total) - p.pruned, round(t * p.total) / p.total, p.root)
-            for t in p.cfg.targets]
-
-
-def _gradual(p: Planning) -> list:
-    return [p.new("gradual", t, 1, round(t * p.total) - p.pruned, round(t * p.total) / p.total, p.root)
-            for t in p.cfg.targets]
+def _one_per_target(schedule: str) -> Callable[[Planning], list]:
+    """One phase per target, pruned from the baseline (k: what prune_global(t) prunes from a dense model)."""
+    return lambda p: [p.new(schedule, t, 1, round(t * p.total) - p.pruned, round(t * p.total) / p.total, p.root)
+                      for t in p.cfg.targets]
 
 
 def _iterative(p: Planning) -> list:
@@ -215,10 +210,10 @@ def register_schedule(schedule: Schedule) -> Schedule:
     return _register(SCHEDULES, "schedule", schedule)
 
 
-register_schedule(Schedule("oneshot", "prune to each target at once, then retrain", _oneshot))
+register_schedule(Schedule("oneshot", "prune to each target at once, then retrain", _one_per_target("oneshot")))
 register_schedule(Schedule(
     "gradual", "Zhu & Gupta: from the baseline to each target within --round-epochs, masks updated on the "
-    "device during training", _gradual, modes=("retrain",), prunes_in_training=True, config=_gradual_config,
+    "device during training", _one_per_target("gradual"), modes=("retrain",), prunes_in_training=True, config=_gradual_config,
 ))
 register_schedule(Schedule(
     "iterative", "prune --step of the remaining weights per round, retraining after each", _iterative,

@@ -374,8 +374,8 @@ def _renda(lay: _Layout, summary: pd.DataFrame, keys: dict[str, pd.Series], outd
     rows = [*(["method"] if summary["method"].nunique() > 1 else []),
             *(["distribution"] if "distribution" in lay.varying else []), "retrain", "measure"]
     off = (summary["sparsity"] - summary["target"]).abs() >= EPS
-    column = _schedule(summary["schedule"]) + " " + _pct_g(summary["target"]) + "%" + \
-        ("(reached " + _pct2(summary["sparsity"]) + "%)").where(off, "").radd(" ").where(off, "")
+    reached = (" (reached " + _pct2(summary["sparsity"]) + "%)").where(off, "")
+    column = _schedule(summary["schedule"]) + " " + _pct_g(summary["target"]) + "%" + reached
     md = lay.wide(summary, rows, column, order=["schedule", "target"], measures=list(MEASURES))
     md["measure"] = md["measure"].astype(str).map(MEASURES)
     # The CSV holds Table 5's numbers, in this table's order.

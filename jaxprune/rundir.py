@@ -157,6 +157,15 @@ def read_record(directory: Path) -> dict[str, Any] | None:
     return record
 
 
+def _held_identity(saved: dict[str, Any], cls) -> dict[str, Any]:
+    """A saved record's identity as today's release reads it: fields added since it was
+    saved read as their defaults (through JSON, so tuples compare equal to lists)."""
+    held = dict(saved["identity"])
+    if isinstance(held.get("config"), dict):
+        held["config"] = json.loads(json.dumps(config_lib.saved_identity(cls, held["config"])))
+    return held
+
+
 def holds_same(directory: Path, cfg, *, study: bool) -> bool:
     """Whether `directory` holds a run (or study) with cfg's identity, read as `claim` reads it."""
     try:
@@ -165,8 +174,7 @@ def holds_same(directory: Path, cfg, *, study: bool) -> bool:
         return False
     if saved is None or ("phases" in saved) != study or not isinstance(saved["identity"].get("config"), dict):
         return False
-    held = json.loads(json.dumps(config_lib.saved_identity(type(cfg), saved["identity"]["config"])))
-    return held == json.loads(json.dumps(config_lib.identity(cfg)))
+    return _held_identity(saved, type(cfg))["config"] == json.loads(json.dumps(config_lib.identity(cfg)))
 
 
 def default_directory(parent: Path, stem: str, cfg, *, study: bool) -> Path:
@@ -199,10 +207,7 @@ def claim(directory: Path, cfg, extra: dict | None = None, *, record_extra: dict
         if ("phases" in saved) != study:
             held, wanted = ("a study", "a training run") if "phases" in saved else ("a training run", "a study")
             raise RunDirError(f"{directory} holds {held}, not {wanted}; use another --workdir")
-        held = dict(saved["identity"])
-        if isinstance(held.get("config"), dict):  # fields added since it was saved read as their defaults
-            held["config"] = json.loads(json.dumps(config_lib.saved_identity(type(cfg), held["config"])))
-        diffs = config_lib.differences(held, current)
+        diffs = config_lib.differences(_held_identity(saved, type(cfg)), current)
         if diffs:
             raise RunDirError(
                 f"{directory} holds a different run ({'; '.join(_short(d) for d in diffs[:3])}); "
