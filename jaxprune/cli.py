@@ -5,7 +5,7 @@
     jaxprune study    [--preset NAME] [--workdir DIR] [options]   the whole pruning study
     jaxprune report   WORKDIR                                     figures and tables
     jaxprune export   RUN_OR_PHASE_DIR OUT_DIR [--which best]     PyTorch safetensors
-    jaxprune data     cifar10 [DIR] [--from FILE]                 download CIFAR-10 for --data
+    jaxprune data     cifar10|cifar100 [DIR] [--from FILE]        download CIFAR-10/100 for --data
 
 Every config field is an option, with its documentation as help. A user's
 mistake ends in one line on stderr and exit status 2, with nothing written.
@@ -95,10 +95,12 @@ def train_config(args: argparse.Namespace) -> config_lib.TrainConfig:
 
 
 def default_train_workdir(cfg: config_lib.TrainConfig) -> Path:
-    """runs/train-<data kind>-w<width>-e<epochs>-<dtype>-s<seed>-<hash of the non-default recipe fields>."""
+    """runs/train-<model>-<data kind>-w<width>-e<epochs>-<dtype>-s<seed>-<hash of the non-default recipe fields>."""
     kind = cfg.data.split(":")[0]
-    stem = f"train-{kind}-w{cfg.width}-e{cfg.epochs}-{cfg.dtype}-s{cfg.seed}"
-    return rundir.default_directory(Path("runs"), stem, cfg, study=False)
+    rest = f"{kind}-w{cfg.width}-e{cfg.epochs}-{cfg.dtype}-s{cfg.seed}"
+    # Releases before the model registry left the model out of the name.
+    legacy = (f"train-{rest}",) if cfg.model == "resnet18" else ()
+    return rundir.default_directory(Path("runs"), f"train-{cfg.model}-{rest}", cfg, study=False, legacy_stems=legacy)
 
 
 def study_config(args: argparse.Namespace) -> config_lib.StudyConfig:
@@ -108,15 +110,17 @@ def study_config(args: argparse.Namespace) -> config_lib.StudyConfig:
 
 
 def default_study_workdir(cfg: config_lib.StudyConfig) -> Path:
-    """runs/study-<data kind>-w<width>-b<baseline epochs>-r<round epochs>-<dtype>-s<seed>-<hash of the non-default recipe fields>.
+    """runs/study-<model>-<data kind>-w<width>-b<baseline epochs>-r<round epochs>-<dtype>-s<seed>-<hash of the
+    non-default recipe fields>.
 
     From the shared recipe alone (not the methods, schedules or targets), so
     that studies which differ only in what they cover grow one directory:
     `scripts/oneshot.py` then `scripts/iterative.py` share one baseline.
     """
     t = cfg.train
-    stem = f"study-{t.data.split(':')[0]}-w{t.width}-b{cfg.baseline_epochs}-r{cfg.round_epochs}-{t.dtype}-s{t.seed}"
-    return rundir.default_directory(Path("runs"), stem, cfg, study=True)
+    rest = f"{t.data.split(':')[0]}-w{t.width}-b{cfg.baseline_epochs}-r{cfg.round_epochs}-{t.dtype}-s{t.seed}"
+    legacy = (f"study-{rest}",) if t.model == "resnet18" else ()
+    return rundir.default_directory(Path("runs"), f"study-{t.model}-{rest}", cfg, study=True, legacy_stems=legacy)
 
 
 # ---------------------------------------------------------------- commands
@@ -172,20 +176,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from jaxprune import hosts, study
+    from jaxprune import api, hosts, study
 
     cfg = study_config(args).validate()
     workdir = Path(args.workdir) if args.workdir else default_study_workdir(cfg)
-    results = study.run_study(cfg, workdir, log=print if hosts.primary() else lambda _: None)
+    results = api.run_study(cfg, workdir, report=not args.no_report)
     if hosts.primary():  # the job's files are process 0's
-        if not args.no_report:
-            try:  # pandas and scipy, imported only now: a machine without them still trains
-                from jaxprune import report
-            except ImportError as e:
-                print(f"jaxprune study: report skipped ({e}); install pandas and scipy, then run "
-                      f"`jaxprune report {workdir}`", file=sys.stderr)
-            else:
-                print(f"report: {report.write_report(workdir)}")
         print(f"results: {results}")
     bad, skipped = study.casualties(workdir)
     if bad and cfg.train.on_divergence == "stop":
@@ -215,12 +211,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from jaxprune import download
 
-    got = download.fetch_cifar10(args.dir, source=args.source, progress=not args.no_progress)
+    layout = data_lib.BINARY[args.dataset]
+    directory = args.dir or layout.default_dir
+    got = download.fetch(args.dataset, directory, source=args.source, progress=not args.no_progress)
     counts = f"{got.n_train:,} training and {got.n_test:,} test images"
     if got.written:
-        print(f"{got.folder}: CIFAR-10 written ({counts}); use --data cifar10-bin:{args.dir}")
+        print(f"{got.folder}: {layout.title} written ({counts}); use --data {layout.name}-bin:{directory}")
     else:
-        print(f"{got.folder}: CIFAR-10 already present ({counts}); left as it is")
+        print(f"{got.folder}: {layout.title} already present ({counts}); left as it is")
     return 0
 
 
@@ -335,19 +333,21 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     study_preset = (preset, config_lib.STUDY_PRESETS[preset]) if preset in config_lib.STUDY_PRESETS else None
     parser = _Parser(
         prog="jaxprune",
-        description="Global unstructured pruning studies (one-shot vs iterative) of ResNet18 on CIFAR-10.",
+        description="Global unstructured pruning studies (one-shot vs iterative): ResNet18 on CIFAR-10 "
+        "as the write-up, open_lth's CIFAR ResNets and VGGs, CIFAR-100, or your own registered model and data.",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     p = sub.add_parser(
         "train",
-        help="train a baseline ResNet18; rerunning the same command resumes it",
-        description="Train ResNet18 with masked SGD, checkpointing every epoch to WORKDIR. "
+        help="train a baseline (ResNet18 unless --model); rerunning the same command resumes it",
+        description="Train --model (ResNet18 by default) with masked SGD, checkpointing every epoch to WORKDIR. "
         "Rerunning the same command in the same WORKDIR resumes from the last complete epoch.",
     )
     p.add_argument("--preset", choices=sorted(config_lib.TRAIN_PRESETS),
                    help="start from a named config: seed (the write-up's recipe), quick (a few GPU "
-                        "minutes), smoke (synthetic data: 33 s on a 2-core CPU, see README); options override it")
+                        "minutes), smoke (synthetic data: 33 s on a 2-core CPU, see README), openlth-resnet20 "
+                        "and openlth-vgg16 (open_lth's recipe for those models); options override it")
     p.add_argument("--workdir", help="run directory (default: runs/train-... named by the settings)")
     _add_config_options(p, config_lib.TrainConfig, preset=train_preset)
     _add_distributed_options(p)
@@ -374,7 +374,9 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(config_lib.STUDY_PRESETS),
                    help="start from a named study: seed (the write-up: 90-epoch phases on CIFAR-10), "
                         "quick (short bf16 rounds, shared chain: minutes on a GPU), smoke (synthetic "
-                        "data: 117 s on a 2-core CPU, see README); options override it")
+                        "data: 117 s on a 2-core CPU, see README), openlth-resnet20 and openlth-vgg16 (open_lth's "
+                        "lottery runs: 160-epoch levels, 20%% pruned per level, rewound to initialisation); "
+                        "options override it")
     p.add_argument("--workdir", help="study directory (default: runs/study-... named by the settings)")
     p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     _add_config_options(p, config_lib.StudyConfig, preset=study_preset)
@@ -394,25 +396,29 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "data",
-        help="download a real data set (CIFAR-10) for --data",
-        description="Download the CIFAR-10 binary version (170 MB) from www.cs.toronto.edu, check "
-        "its size, MD5 and SHA-256, and unpack it into DIR/cifar-10-batches-bin/, the layout "
-        "--data cifar10-bin:DIR reads. Valid data already in DIR is left alone. A failed run "
+        help="download a real data set (CIFAR-10 or CIFAR-100) for --data",
+        description="Download the binary version of CIFAR-10 (170 MB) or CIFAR-100 (169 MB) from "
+        "www.cs.toronto.edu, check its size, MD5 and SHA-256, and unpack it into "
+        "DIR/cifar-10-batches-bin/ (DIR/cifar-100-binary/), the layout --data cifar10-bin:DIR "
+        "(cifar100-bin:DIR) reads. Valid data already in DIR is left alone. A failed run "
         "leaves nothing behind.",
     )
-    p.add_argument("dataset", choices=["cifar10"], help="the data set to fetch: cifar10")
-    p.add_argument("dir", nargs="?", default=data_lib.DEFAULT_CIFAR10_DIR, metavar="DIR",
-                   help="where to put it (default: %(default)s, the default --data's directory)")
+    p.add_argument("dataset", choices=list(data_lib.BINARY), help="the data set to fetch: cifar10 or cifar100")
+    p.add_argument("dir", nargs="?", default=None, metavar="DIR",
+                   help=f"where to put it (default: {data_lib.DEFAULT_CIFAR10_DIR}, the default --data's "
+                        f"directory, for cifar10; {data_lib.BINARY['cifar100'].default_dir} for cifar100)")
     p.add_argument("--from", dest="source", metavar="FILE",
-                   help="use this already-downloaded cifar-10-binary.tar.gz instead of downloading "
-                        "(checked the same way)")
+                   help="use this already-downloaded cifar-10-binary.tar.gz (cifar-100-binary.tar.gz) instead "
+                        "of downloading (checked the same way)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while downloading or checking")
 
     p = sub.add_parser(
         "export",
-        help="write a checkpoint as a PyTorch state_dict (safetensors) for kuangliu's ResNet18",
-        description="Write OUT_DIR/model.safetensors (a state_dict that kuangliu/pytorch-cifar's "
-        "ResNet18 loads with strict=True, pruned weights exactly 0), OUT_DIR/masks.safetensors "
+        help="write a checkpoint as a PyTorch state_dict (safetensors) for the model it mirrors",
+        description="Write OUT_DIR/model.safetensors (a state_dict that the PyTorch model the run's "
+        "--model mirrors loads with strict=True: kuangliu/pytorch-cifar's ResNet18, open_lth's "
+        "cifar_resnet_N or cifar_vgg_N; a registered model of your own keeps its Flax paths; pruned "
+        "weights exactly 0), OUT_DIR/masks.safetensors "
         "(bool, True = kept, under the same keys) and OUT_DIR/config.json (the run's config, the "
         "epoch, its metrics and the sparsity, global and per layer). OUT_DIR must be new, empty, "
         "or a previous export, which is replaced; a failure leaves it as it was.",

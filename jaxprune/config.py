@@ -15,7 +15,7 @@ import math
 import typing
 from typing import Any
 
-from jaxprune import data, kernels, modes
+from jaxprune import data, kernels, models, modes
 from jaxprune.errors import UserError
 
 
@@ -35,6 +35,7 @@ def check_layout(n_devices: int, run_axis: int, batch_size: int) -> None:
         raise ConfigError(str(e)) from None
 
 
+_NORMALIZATIONS = tuple(data.NORMALIZATIONS)  # (the class body's `data` field shadows the module)
 MAX_SEED = 2**31 - 1  # seeds pass through int32 keys and JSON; larger ones overflowed after writing config.json
 
 
@@ -61,11 +62,21 @@ class TrainConfig:
 
     data: str = _field(
         f"cifar10-bin:{data.DEFAULT_CIFAR10_DIR}",
-        "data source: cifar10-bin:DIR (the binary layout), tfds[:DATA_DIR], or "
-        "synthetic[:N_TRAIN[,N_TEST]]",
+        "data source: cifar10-bin:DIR or cifar100-bin:DIR (the binary layouts), tfds[:DATA_DIR] "
+        "(CIFAR-10), or synthetic[:N_TRAIN[,N_TEST[,CLASSES]]]; the model's output layer has its class count",
+    )
+    model: str = _field(
+        "resnet18",
+        "the network: resnet18 (kuangliu/pytorch-cifar's, the write-up's), cifar_resnet_N (N = 6k+2, e.g. "
+        "20, 56: open_lth's CIFAR ResNets) or cifar_vgg_N (11, 13, 16, 19: open_lth's VGGs), or one "
+        "registered with jaxprune.models.register",
     )
     train_subset: int = _field(0, "train on only the first N training images (0 = all)")
-    width: int = _field(64, "channels of ResNet18's first stage (64 = the full model)")
+    width: int = _field(
+        0,
+        "the model's width: channels of its first stage (resnet18: 64, cifar_resnet_N: 16, cifar_vgg_N: 64 "
+        "as published; smaller for tests); 0 = the published width",
+    )
     dtype: str = _field(
         "float32", "compute dtype; parameters stay float32", choices=("float32", "bfloat16")
     )
@@ -87,8 +98,19 @@ class TrainConfig:
         "learning-rate schedule. epoch-cosine: torch's CosineAnnealingLR(T_max=--t-max) stepped once "
         "per epoch, the write-up's recipe (kuangliu/pytorch-cifar): epoch e (from 1) trains at "
         "lr/2*(1+cos(pi*(e-1)/T_max)). cosine: a per-step cosine annealed to 0 over the run's "
-        "epochs (optax.cosine_decay_schedule), which suits short runs. constant: --lr throughout",
-        choices=("epoch-cosine", "cosine", "constant"),
+        "epochs (optax.cosine_decay_schedule), which suits short runs. multistep: --lr times --gamma "
+        "at each of --milestones (torch's MultiStepLR stepped per epoch; open_lth's milestone_steps). "
+        "constant: --lr throughout",
+        choices=("epoch-cosine", "cosine", "multistep", "constant"),
+    )
+    milestones: tuple[int, ...] = _field(
+        (), "multistep: the schedule epochs after which the lr drops by --gamma (open_lth: 80 120)"
+    )
+    gamma: float = _field(0.1, "multistep: the factor at each milestone")
+    warmup_steps: int = _field(
+        0,
+        "linear warm-up over the schedule's first N SGD steps: the lr of step t (from 0) is scaled by "
+        "min(1, t / N), as open_lth's warmup_steps (0 = none)",
     )
     t_max: int = _field(
         200,
@@ -126,6 +148,12 @@ class TrainConfig:
         "magnitude", "gradual: what is pruned first", choices=("magnitude", "random", "lamp")
     )
     augment: bool = _field(True, "random crop (padding 4) and horizontal flip on training images")
+    normalization: str = _field(
+        "cifar10",
+        "per-channel input standardisation: cifar10 (kuangliu/pytorch-cifar's mean and std), imagenet "
+        "(open_lth's, for CIFAR-10 too) or cifar100 (CIFAR-100's training-set statistics)",
+        choices=_NORMALIZATIONS,
+    )
     eval_batch_size: int = _field(1000, "images per evaluation batch (the whole test set is evaluated)")
     seed: int = _field(0, "seed for initialisation, data order and augmentation")
     steps_per_dispatch: int = _field(
@@ -157,9 +185,28 @@ class TrainConfig:
         identity=False,
     )
 
+    def __post_init__(self):
+        # --width 0 is the model's published width, written out so that saved configs
+        # (and identities) name the width they ran at: a run saved before this field
+        # had a default of 0 recorded 64, which resnet18 resolves to.
+        if self.width == 0:
+            try:
+                object.__setattr__(self, "width", models.get(self.model).width)
+            except models.ModelError:
+                pass  # validate() names the unknown model
+
+    @property
+    def num_classes(self) -> int:
+        """The model's outputs: the class count of --data."""
+        return data.num_classes(self.data)
+
     def validate(self) -> "TrainConfig":
         """Raises ConfigError naming the first bad field; returns self."""
         data.check_spec(self.data)  # DataError is a ValueError with the fix in it
+        try:
+            models.get(self.model)
+        except models.ModelError as e:
+            raise ConfigError(f"--model: {e}") from None
         for name in ("epochs", "batch_size", "eval_batch_size", "width"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
@@ -188,8 +235,16 @@ class TrainConfig:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
         if not 0 <= self.weight_decay < math.inf:
             raise ConfigError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.milestones and self.schedule != "multistep" or self.schedule == "multistep" and not self.milestones:
+            raise ConfigError("--milestones and --schedule multistep go together: give both or neither")
+        if any(m <= 0 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
+            raise ConfigError(f"--milestones must be increasing epochs > 0, got {' '.join(map(str, self.milestones))}")
+        if not 0 < self.gamma < math.inf:
+            raise ConfigError(f"--gamma must be a finite number > 0, got {self.gamma}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"--warmup-steps must be >= 0 (SGD steps), got {self.warmup_steps}")
         _check_choices(self)
-        problem = kernels.exclude_problem(self.width, tuple(self.exclude))
+        problem = kernels.exclude_problem(kernels.Arch.of(self), tuple(self.exclude))
         if problem:
             raise ConfigError(problem)
         return self
@@ -205,6 +260,15 @@ def _check_choices(cfg) -> None:
             )
 
 
+# open_lth's recipe for its CIFAR models (facebookresearch/open_lth, models/cifar_resnet.py and
+# models/cifar_vgg.py default_hparams): SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 128,
+# 160 epochs (training_steps='160ep'), lr x0.1 at epochs 80 and 120 (milestone_steps='80ep,120ep',
+# gamma=0.1), no warm-up; kaiming-normal weights and U[0, 1) BatchNorm weights are the models'
+# own init (jaxprune.models.cifar_resnet / cifar_vgg). Inputs are standardised with ImageNet's
+# mean and std (datasets/cifar10.py); augmentation is crop (padding 4) + flip, as here.
+_OPEN_LTH = {"epochs": 160, "weight_decay": 1e-4, "schedule": "multistep", "milestones": (80, 120),
+             "gamma": 0.1, "normalization": "imagenet"}
+
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # The write-up's recipe on real CIFAR-10 (the defaults).
     "seed": {},
@@ -219,6 +283,9 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 64,
         "eval_batch_size": 512,
     },
+    "openlth-resnet20": {**_OPEN_LTH, "model": "cifar_resnet_20"},
+    # open_lth leaves the VGG's output layer unpruned (pruning_layers_to_ignore='fc.weight').
+    "openlth-vgg16": {**_OPEN_LTH, "model": "cifar_vgg_16", "exclude": ("fc",)},
 }
 
 
@@ -249,6 +316,9 @@ def identity(cfg, *, changed_only: bool = False) -> dict[str, Any]:
     """The fields that determine results (for refusing to mix runs); with
     changed_only, just those that differ from their defaults (for names)."""
     out = {}
+    # A default instance, not the fields' defaults: fields resolved after construction
+    # (--width 0 becomes the model's width) compare as they are saved.
+    defaults = type(cfg)() if changed_only else None
     for f in dataclasses.fields(cfg):
         if not f.metadata.get("identity", True):
             continue
@@ -257,7 +327,7 @@ def identity(cfg, *, changed_only: bool = False) -> dict[str, Any]:
             value = identity(value, changed_only=changed_only)
             if changed_only and not value:
                 continue
-        elif changed_only and value == (f.default if f.default is not dataclasses.MISSING else f.default_factory()):
+        elif changed_only and value == getattr(defaults, f.name):
             continue
         out[f.name] = value
     return out
@@ -448,6 +518,18 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         "round_epochs": 1,
         "step": 0.5,
         "shared_chain": True,
+    },
+    # open_lth's lottery runner (lottery/runner.py): prune 20% of what remains per level
+    # (sparse_global, pruning_fraction=0.2), then train the survivors again from the
+    # weights of step 0 (rewinding_steps unset: train_start_step 0) for the full 160 epochs:
+    # --retrain weight-rewind at --rewind-epoch 0. One chain serves every target.
+    "openlth-resnet20": {
+        "train": TRAIN_PRESETS["openlth-resnet20"], "baseline_epochs": 160, "round_epochs": 160, "step": 0.2,
+        "retrain": ("weight-rewind",), "rewind_epoch": 0, "shared_chain": True,
+    },
+    "openlth-vgg16": {
+        "train": TRAIN_PRESETS["openlth-vgg16"], "baseline_epochs": 160, "round_epochs": 160, "step": 0.2,
+        "retrain": ("weight-rewind",), "rewind_epoch": 0, "shared_chain": True,
     },
 }
 

@@ -1,8 +1,10 @@
-"""Downloads, verifies and unpacks CIFAR-10's binary version for ``--data cifar10-bin:DIR``.
+"""Downloads, verifies and unpacks CIFAR-10's or CIFAR-100's binary version for
+``--data cifar10-bin:DIR`` / ``cifar100-bin:DIR``.
 
-`fetch_cifar10` fetches the official archive over HTTP(S) (or takes a local
-copy), checks its size, MD5 and SHA-256, and writes ``DIR/cifar-10-batches-bin/``
-holding only the archive's known regular files. Everything is staged in a
+`fetch` fetches a data set's official archive (`jaxprune.data.BINARY`) over
+HTTP(S) (or takes a local copy), checks its size, MD5 and SHA-256, and writes
+``DIR/cifar-10-batches-bin/`` (``DIR/cifar-100-binary/``) holding only the
+archive's known regular files. Everything is staged in a
 hidden temporary folder next to the final one and moved into place by one
 rename, so a failed or cut-off run leaves no partial DIR. Failures a user can
 act on raise `data.DataError` with a one-line message that says what to do.
@@ -27,10 +29,9 @@ from typing import Callable
 from jaxprune import data
 from jaxprune.data import DataError
 
-FOLDER = "cifar-10-batches-bin"
-BIN_FILES = (*data.TRAIN_FILES, data.TEST_FILE)
-# Every name the official archive holds; any other member is refused.
-MEMBERS = frozenset(f"{FOLDER}/{name}" for name in (*BIN_FILES, "batches.meta.txt", "readme.html"))
+Archive = data.Archive
+BinaryLayout = data.BinaryLayout
+FOLDER = data.BINARY["cifar10"].folder
 CHUNK = 1 << 20  # bytes per read while downloading, hashing and extracting
 TIMEOUT = 60.0  # seconds any one network operation may block
 FALLBACK = "fetch the archive elsewhere and pass it with --from FILE, or use --data synthetic"
@@ -44,22 +45,13 @@ _KINDS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Archive:
-    """Where an archive is published and exactly what it must be."""
-
-    url: str
-    size: int  # bytes
-    md5: str  # lowercase hex
-    sha256: str  # lowercase hex
+CIFAR10 = data.BINARY["cifar10"].archive
+CIFAR100 = data.BINARY["cifar100"].archive
 
 
-CIFAR10 = Archive(
-    url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-    size=170_052_171,
-    md5="c32a1d4ab5d03f1284b67883e8d87530",
-    sha256="c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
-)
+def members(layout: BinaryLayout) -> frozenset[str]:
+    """Every name the official archive holds; any other member is refused."""
+    return frozenset(f"{layout.folder}/{name}" for name in (*layout.files, *layout.other_members))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,70 +64,79 @@ class Fetched:
     n_test: int  # test images
 
 
-def fetch_cifar10(
-    directory: str | os.PathLike = data.DEFAULT_CIFAR10_DIR,
+def fetch(
+    name: str,
+    directory: str | os.PathLike | None = None,
     *,
     source: str | os.PathLike | None = None,
     archive: Archive | None = None,
     progress: bool = True,
     timeout: float = TIMEOUT,
 ) -> Fetched:
-    """Makes ``directory/cifar-10-batches-bin`` unless valid data is already there.
+    """Makes ``directory/<the data set's folder>`` unless valid data is already there.
 
+    name: a key of `jaxprune.data.BINARY` (cifar10, cifar100).
+    directory: where (None: the data set's default, ~/.cache/NAME).
     source: a local copy of the archive to use instead of downloading it.
-    archive: the URL, size and hashes to expect (None: the official `CIFAR10`).
+    archive: the URL, size and hashes to expect (None: the official one).
     progress: show a progress bar on stderr while downloading or hashing.
     timeout: seconds any one network operation may block.
     """
-    archive = archive or CIFAR10
-    root = Path(directory).expanduser()
-    present = data.cifar10_folder(root)
-    if root.is_dir() and _problem(present) is None:
-        return _fetched(present, written=False)
-    _check_target(root)
+    layout = data.BINARY[name]
+    archive = archive or layout.archive
+    root = Path(directory if directory is not None else layout.default_dir).expanduser()
+    present = data.bin_folder(root, layout)
+    if root.is_dir() and _problem(present, layout) is None:
+        return _fetched(present, layout, written=False)
+    _check_target(root, layout)
     new_dirs = _missing_dirs(root.parent)
     try:
         for d in new_dirs:
             d.mkdir()
-        _stage_and_move(root, source, archive, progress, timeout)
+        _stage_and_move(root, source, archive, layout, progress, timeout)
     except BaseException:
         for d in reversed(new_dirs):  # only folders this call made, and only if still empty
             _try_rmdir(d)
         raise
-    return _fetched(root / FOLDER, written=True)
+    return _fetched(root / layout.folder, layout, written=True)
+
+
+def fetch_cifar10(directory: str | os.PathLike = data.DEFAULT_CIFAR10_DIR, **kw) -> Fetched:
+    """`fetch` of CIFAR-10."""
+    return fetch("cifar10", directory, **kw)
 
 
 # ---------------------------------------------------------------- the target
 
 
-def _problem(folder: Path) -> str | None:
-    """Why `folder` does not hold complete CIFAR-10 binary data, or None if it does."""
-    for name in BIN_FILES:
+def _problem(folder: Path, layout: BinaryLayout) -> str | None:
+    """Why `folder` does not hold complete binary data of `layout`, or None if it does."""
+    for name in layout.files:
         if not (folder / name).is_file():
             return f"{name} is missing"
         try:
-            data.read_cifar10_bin(folder / name)
+            data.read_bin(folder / name, layout)
         except DataError as e:
             return str(e)
     return None
 
 
-def _check_target(root: Path) -> None:
-    """Refuses a DIR that is a file, or whose cifar-10-batches-bin is there but invalid."""
+def _check_target(root: Path, layout: BinaryLayout) -> None:
+    """Refuses a DIR that is a file, or whose data folder is there but invalid."""
     if root.exists() and not root.is_dir():
         raise DataError(f"{root} exists and is not a directory; name another DIR")
-    if (root / FOLDER).exists():
+    if (root / layout.folder).exists():
         raise DataError(
-            f"{root / FOLDER} exists but is not valid CIFAR-10 data ({_problem(root / FOLDER)}); "
-            "remove it and rerun"
+            f"{root / layout.folder} exists but is not valid {layout.title} data "
+            f"({_problem(root / layout.folder, layout)}); remove it and rerun"
         )
 
 
-def _fetched(folder: Path, written: bool) -> Fetched:
+def _fetched(folder: Path, layout: BinaryLayout, written: bool) -> Fetched:
     def images(name):
-        return (folder / name).stat().st_size // data.RECORD_BYTES
+        return (folder / name).stat().st_size // layout.record_bytes
 
-    return Fetched(folder, written, sum(map(images, data.TRAIN_FILES)), images(data.TEST_FILE))
+    return Fetched(folder, written, sum(map(images, layout.train_files)), images(layout.test_file))
 
 
 def _missing_dirs(path: Path) -> list[Path]:
@@ -154,37 +155,38 @@ def _try_rmdir(path: Path) -> None:
         pass
 
 
-def _stage_and_move(root: Path, source, archive: Archive, progress: bool, timeout: float) -> None:
+def _stage_and_move(root: Path, source, archive: Archive, layout: BinaryLayout, progress: bool,
+                    timeout: float) -> None:
     """Fetches, verifies and extracts into a temporary folder, then renames it into place."""
     try:
         # Staged on DIR's own file system, so the final rename is atomic.
         parent = root if root.is_dir() else root.parent
-        _clean_leftovers(parent)
-        staging = Path(tempfile.mkdtemp(prefix=f".cifar10-{os.getpid()}-", dir=parent))
+        _clean_leftovers(parent, layout)
+        staging = Path(tempfile.mkdtemp(prefix=f".{layout.name}-{os.getpid()}-", dir=parent))
     except OSError as e:
         raise DataError(f"cannot write to {root} ({_one_line(e)}); name another DIR") from e
     try:
         if source is None:
             tarball, what, advice = staging / "archive.tar.gz", f"the download from {archive.url}", FALLBACK
-            _download(archive, tarball, progress, timeout)
+            _download(archive, layout, tarball, progress, timeout)
         else:
             tarball, what = Path(source).expanduser(), f"--from {source}"
             advice = f"fetch the archive again from {archive.url}, or use --data synthetic"
-            _verify_local(tarball, archive, progress, what, advice)
+            _verify_local(tarball, archive, layout, progress, what, advice)
         built = staging / "data"
-        _extract(tarball, built / FOLDER, what, advice)
-        _move_into_place(built, root)
+        _extract(tarball, built / layout.folder, layout, what, advice)
+        _move_into_place(built, root, layout)
     except OSError as e:
-        raise DataError(f"cannot write CIFAR-10 to {root} ({_one_line(e)}); free space or name another DIR") from e
+        raise DataError(f"cannot write {layout.title} to {root} ({_one_line(e)}); free space or name another DIR") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _clean_leftovers(parent: Path) -> None:
-    """Removes staging folders that killed runs left (their process is gone; 118 MB each)."""
+def _clean_leftovers(parent: Path, layout: BinaryLayout) -> None:
+    """Removes staging folders that killed runs left (their process is gone; ~300 MB each)."""
     if not parent.is_dir():
         return
-    for path in parent.glob(".cifar10-*"):
+    for path in parent.glob(f".{layout.name}-*"):
         owner = path.name.split("-")[1]
         if owner.isdigit() and _alive(int(owner)):
             continue  # another `jaxprune data` is still at work there
@@ -201,10 +203,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _move_into_place(built: Path, root: Path) -> None:
-    """One rename: the whole DIR if it is new, else its cifar-10-batches-bin folder."""
+def _move_into_place(built: Path, root: Path, layout: BinaryLayout) -> None:
+    """One rename: the whole DIR if it is new, else its data folder."""
     if root.is_dir():
-        os.rename(built / FOLDER, root / FOLDER)
+        os.rename(built / layout.folder, root / layout.folder)
     else:
         os.rename(built, root)
 
@@ -212,7 +214,7 @@ def _move_into_place(built: Path, root: Path) -> None:
 # ---------------------------------------------------------------- fetch and verify
 
 
-def _download(archive: Archive, dest: Path, progress: bool, timeout: float) -> None:
+def _download(archive: Archive, layout: BinaryLayout, dest: Path, progress: bool, timeout: float) -> None:
     """Streams `archive.url` into `dest`, hashing as it goes; raises DataError unless it matches."""
     what = f"the download from {archive.url}"
     try:
@@ -222,30 +224,35 @@ def _download(archive: Archive, dest: Path, progress: bool, timeout: float) -> N
                 raise DataError(
                     f"{archive.url} offers {announced:,} bytes, not the {archive.size:,} expected; {FALLBACK}"
                 )
-            got = _hash_stream(response.read, archive.size, progress, out.write)
+            got = _hash_stream(response.read, archive.size, progress, out.write, desc=_name(archive))
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
         raise DataError(f"could not download {archive.url} ({_one_line(e)}); {FALLBACK}") from e
-    _check_size(got[0], archive, what, FALLBACK)
-    _check_hashes(got[1:], archive, what, FALLBACK)
+    _check_size(got[0], archive, layout, what, FALLBACK)
+    _check_hashes(got[1:], archive, layout, what, FALLBACK)
 
 
-def _verify_local(path: Path, archive: Archive, progress: bool, what: str, advice: str) -> None:
+def _verify_local(path: Path, archive: Archive, layout: BinaryLayout, progress: bool, what: str, advice: str) -> None:
     """Checks a local archive's size (before reading it) and hashes; raises DataError unless they match."""
     if not path.is_file():
         kind = "a directory, not the archive file" if path.is_dir() else "no such file"
         raise DataError(f"{what}: {kind}; {advice}")
-    _check_size(path.stat().st_size, archive, what, advice)
+    _check_size(path.stat().st_size, archive, layout, what, advice)
     try:
         with open(path, "rb") as f:
-            got = _hash_stream(f.read, archive.size, progress)
+            got = _hash_stream(f.read, archive.size, progress, desc=_name(archive))
     except OSError as e:  # not a write failure, which the caller reports
         raise DataError(f"{what}: cannot read it ({_one_line(e)}); {advice}") from e
-    _check_size(got[0], archive, what, advice)  # it may have changed since the stat
-    _check_hashes(got[1:], archive, what, advice)
+    _check_size(got[0], archive, layout, what, advice)  # it may have changed since the stat
+    _check_hashes(got[1:], archive, layout, what, advice)
+
+
+def _name(archive: Archive) -> str:
+    return archive.url.rsplit("/", 1)[-1]
 
 
 def _hash_stream(
-    read: Callable[[int], bytes], size: int, progress: bool, sink: Callable[[bytes], object] | None = None
+    read: Callable[[int], bytes], size: int, progress: bool, sink: Callable[[bytes], object] | None = None,
+    desc: str = "archive",
 ) -> tuple[int, str, str]:
     """Reads to EOF, but at most `size` + 1 bytes, passing each chunk to `sink`.
 
@@ -255,7 +262,7 @@ def _hash_stream(
     from tqdm.auto import tqdm
 
     md5, sha256, n = hashlib.md5(usedforsecurity=False), hashlib.sha256(), 0
-    with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc="cifar-10-binary.tar.gz",
+    with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
               disable=not progress, leave=False) as bar:
         while n <= size and (chunk := read(min(CHUNK, size + 1 - n))):
             md5.update(chunk)
@@ -267,20 +274,20 @@ def _hash_stream(
     return n, md5.hexdigest(), sha256.hexdigest()
 
 
-def _check_size(n: int, archive: Archive, what: str, advice: str) -> None:
+def _check_size(n: int, archive: Archive, layout: BinaryLayout, what: str, advice: str) -> None:
     if n != archive.size:
         more = " or more" if n > archive.size else ""
         raise DataError(
             f"{what} is {n:,}{more} bytes, not {archive.size:,}: it is truncated or not the "
-            f"CIFAR-10 binary version; {advice}"
+            f"{layout.title} binary version; {advice}"
         )
 
 
-def _check_hashes(hexes: tuple[str, str], archive: Archive, what: str, advice: str) -> None:
+def _check_hashes(hexes: tuple[str, str], archive: Archive, layout: BinaryLayout, what: str, advice: str) -> None:
     for name, got, want in zip(("MD5", "SHA-256"), hexes, (archive.md5, archive.sha256)):
         if got != want.lower():
             raise DataError(
-                f"{what} has {name} {got}, not {want}: it is corrupt or not the CIFAR-10 binary "
+                f"{what} has {name} {got}, not {want}: it is corrupt or not the {layout.title} binary "
                 f"version; {advice}"
             )
 
@@ -288,50 +295,52 @@ def _check_hashes(hexes: tuple[str, str], archive: Archive, what: str, advice: s
 # ---------------------------------------------------------------- extract
 
 
-def _extract(tarball: Path, folder: Path, what: str, advice: str) -> None:
+def _extract(tarball: Path, folder: Path, layout: BinaryLayout, what: str, advice: str) -> None:
     """Writes the archive's known regular files into `folder` (made here), refusing anything else.
 
-    Members are copied by hand to names from `MEMBERS`, never to a path the
-    archive chose, and each .bin file is then checked to be CIFAR-10 records.
+    Members are copied by hand to names from `members(layout)`, never to a path
+    the archive chose, and each .bin file is then checked to be `layout`'s records.
     """
     try:
         with tarfile.open(tarball, "r:gz") as tar:
-            members = _allowed_members(tar.getmembers(), what, advice)
+            allowed = _allowed_members(tar.getmembers(), layout, what, advice)
             folder.mkdir(parents=True)
-            for m in members:
+            for m in allowed:
                 with tar.extractfile(m) as src, open(folder / PurePosixPath(m.name).name, "xb") as out:
                     shutil.copyfileobj(src, out, CHUNK)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise DataError(f"{what} is truncated or not a .tar.gz ({_one_line(e)}); {advice}") from e
-    problem = _problem(folder)
+    problem = _problem(folder, layout)
     if problem is not None:
-        problem = _one_line(problem).replace(f"{folder}{os.sep}", f"{FOLDER}/")  # name the member, not the temp file
-        raise DataError(f"{what} does not hold valid CIFAR-10 data ({problem}); {advice}")
+        # Name the member, not the temporary file.
+        problem = _one_line(problem).replace(f"{folder}{os.sep}", f"{layout.folder}/")
+        raise DataError(f"{what} does not hold valid {layout.title} data ({problem}); {advice}")
 
 
-def _allowed_members(members: list[tarfile.TarInfo], what: str, advice: str) -> list[tarfile.TarInfo]:
+def _allowed_members(found: list[tarfile.TarInfo], layout: BinaryLayout, what: str, advice: str) -> list[tarfile.TarInfo]:
     """The regular-file members to extract; raises DataError at the first member that is not one."""
     files: dict[str, tarfile.TarInfo] = {}
-    for m in members:
-        if m.isdir() and m.name.rstrip("/") == FOLDER:  # the folder's own entry; it is made anyway
+    for m in found:
+        if m.isdir() and m.name.rstrip("/") == layout.folder:  # the folder's own entry; it is made anyway
             continue
-        reason = _refusal(m, files)
+        reason = _refusal(m, files, layout)
         if reason:
             raise DataError(f"{what}: member {m.name!r} {reason}; refusing to extract anything. {advice}")
         files[m.name] = m
-    missing = [name for name in BIN_FILES if f"{FOLDER}/{name}" not in files]
+    missing = [name for name in layout.files if f"{layout.folder}/{name}" not in files]
     if missing:
-        raise DataError(f"{what} lacks {FOLDER}/{missing[0]}: it is not the CIFAR-10 binary version; {advice}")
+        raise DataError(f"{what} lacks {layout.folder}/{missing[0]}: it is not the {layout.title} binary version; "
+                        f"{advice}")
     return list(files.values())
 
 
-def _refusal(m: tarfile.TarInfo, seen: dict[str, tarfile.TarInfo]) -> str | None:
+def _refusal(m: tarfile.TarInfo, seen: dict[str, tarfile.TarInfo], layout: BinaryLayout) -> str | None:
     """Why member `m` must not be extracted, or None if it may."""
     path = PurePosixPath(m.name)
     if path.is_absolute() or ".." in path.parts:
         return "would be written outside the target folder"
-    if m.name not in MEMBERS:
-        return "is not one of CIFAR-10's files"
+    if m.name not in members(layout):
+        return f"is not one of {layout.title}'s files"
     if not m.isreg():
         return f"is a {_KINDS.get(m.type, 'special file')}, not a regular file"
     if m.name in seen:

@@ -1,15 +1,21 @@
-"""Export a checkpoint as a PyTorch state_dict for kuangliu/pytorch-cifar's ResNet18, in safetensors.
+"""Export a checkpoint as a PyTorch state_dict of the model it mirrors, in safetensors.
 
-The target is ``ResNet18()`` of models/resnet.py in
-github.com/kuangliu/pytorch-cifar (width-scaled when the run's width is not
-64), which loads the export with ``strict=True``::
+Each built-in model has a PyTorch twin that loads the export with ``strict=True``:
+``resnet18`` -> ``ResNet18()`` of kuangliu/pytorch-cifar models/resnet.py;
+``cifar_resnet_N`` and ``cifar_vgg_N`` -> open_lth's ``models/cifar_resnet.py`` and
+``models/cifar_vgg.py`` models of that name (all width-scaled when the run's width
+is not the published one)::
 
     from safetensors.torch import load_file
     model = ResNet18()
     model.load_state_dict(load_file("OUT_DIR/model.safetensors"), strict=True)
     model.eval()  # logits equal jaxprune's eval-mode logits (float32 rounding aside)
 
-Names (Flax module -> torch module): ``stem_conv`` -> ``conv1``, ``stem_bn`` ->
+A model registered by a user (no twin) is exported under its Flax paths:
+``params/<module>/.../<leaf>`` and ``batch_stats/...`` keys, arrays in Flax layout.
+
+ResNet18's names (Flax module -> torch module; each model's list is its
+``torch_modules`` in jaxprune.models):``stem_conv`` -> ``conv1``, ``stem_bn`` ->
 ``bn1``, ``layerS_B/{conv1,bn1,conv2,bn2}`` -> ``layerS.B.{conv1,bn1,conv2,bn2}``,
 ``layerS_B/shortcut_conv`` -> ``layerS.B.shortcut.0``, ``layerS_B/shortcut_bn``
 -> ``layerS.B.shortcut.1``, ``head`` -> ``linear``.
@@ -51,18 +57,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from jaxprune import checkpoint, config as config_lib, data, masks as masks_lib
+from jaxprune import checkpoint, config as config_lib, data, masks as masks_lib, models
 from jaxprune.errors import UserError
 from jaxprune.faults import fault_point
 
@@ -72,57 +76,43 @@ MODEL_FILE, MASKS_FILE, CONFIG_FILE = "model.safetensors", "masks.safetensors", 
 FILES = (MODEL_FILE, MASKS_FILE, CONFIG_FILE)
 WHICH = ("best", "latest")
 
-_TOP = {"stem_conv": "conv1", "stem_bn": "bn1", "head": "linear"}
-_BLOCK = re.compile(r"layer([1-4])_([01])")
-_IN_BLOCK = {"conv1": "conv1", "bn1": "bn1", "conv2": "conv2", "bn2": "bn2",
-             "shortcut_conv": "shortcut.0", "shortcut_bn": "shortcut.1"}
 _LEAF = {("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "bias"): "bias",
          ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
-_TENSORS = {"conv": ("weight",), "linear": ("weight", "bias"),
+_TENSORS = {"conv": ("weight",), "conv_bias": ("weight", "bias"), "linear": ("weight", "bias"),
             "bn": ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
 # Checkpoint metadata that config.json shows under its own names (or not at all).
 _META_SHOWN = {"config", "metrics", "history", "epoch", "kind", "jaxprune_version"}
 
 
 class ExportError(UserError):
-    """A request the export cannot carry out (bad OUT_DIR, a tree that is not ResNet18)."""
+    """A request the export cannot carry out (bad OUT_DIR, a tree that is not the model's)."""
 
 
 # ---------------------------------------------------------------- names and layouts
 
 
-def _torch_modules() -> Iterator[tuple[str, str]]:
-    """(module name, kind) of kuangliu's ResNet18, in its state_dict order."""
-    yield "conv1", "conv"
-    yield "bn1", "bn"
-    for stage in range(1, 5):
-        for block in range(2):
-            prefix = f"layer{stage}.{block}"
-            yield from ((f"{prefix}.{m}", m[:-1]) for m in ("conv1", "bn1", "conv2", "bn2"))
-            if stage > 1 and block == 0:  # stride 2 and a channel change: a 1x1 conv shortcut
-                yield f"{prefix}.shortcut.0", "conv"
-                yield f"{prefix}.shortcut.1", "bn"
-    yield "linear", "linear"
+def _layout(model: str):
+    """The model's TorchLayout ((Flax module path, torch module, kind), in state_dict order), or None."""
+    spec = models.get(model)
+    return spec.torch_layout() if spec.torch_layout else None
 
 
-def torch_keys() -> list[str]:
-    """The state_dict keys of kuangliu's ResNet18 (any width), in its order."""
-    return [f"{name}.{t}" for name, kind in _torch_modules() for t in _TENSORS[kind]]
+def torch_keys(model: str = "resnet18") -> list[str]:
+    """The state_dict keys of `model`'s PyTorch twin (any width), in its order."""
+    return [f"{name}.{t}" for _, name, kind in _layout(model) for t in _TENSORS[kind]]
 
 
-def torch_key(collection: str, names: tuple[str, ...] | list[str]) -> str:
+def torch_key(collection: str, names: tuple[str, ...] | list[str], model: str = "resnet18") -> str:
     """Torch key of a Flax leaf: ``('params', ('layer2_0', 'shortcut_conv', 'kernel'))`` ->
-    ``'layer2.0.shortcut.0.weight'``. Raises ExportError for a leaf ResNet18 does not have."""
+    ``'layer2.0.shortcut.0.weight'`` for resnet18. A model without a twin keeps its Flax
+    path (``'params/layer/kernel'``). Raises ExportError for a leaf the model does not have."""
+    layout = _layout(model)
+    if layout is None:
+        return "/".join((collection, *names))
     *modules, leaf = names
-    block = _BLOCK.fullmatch(modules[0]) if len(modules) == 2 else None
-    if len(modules) == 1 and modules[0] in _TOP:
-        module = _TOP[modules[0]]
-    elif block and modules[1] in _IN_BLOCK:
-        module = f"layer{block[1]}.{block[2]}.{_IN_BLOCK[modules[1]]}"
-    else:
-        module = None
+    module = {path: name for path, name, _ in layout}.get(tuple(modules))
     if module is None or (collection, leaf) not in _LEAF:
-        raise ExportError(f"{collection} leaf {'/'.join(names)!r} is not part of jaxprune's ResNet18")
+        raise ExportError(f"{collection} leaf {'/'.join(names)!r} is not part of jaxprune's {model}")
     return f"{module}.{_LEAF[collection, leaf]}"
 
 
@@ -153,87 +143,94 @@ def _numpy(x) -> np.ndarray:
 
 
 def to_torch_state_dict(
-    params, batch_stats, masks=None, *, num_batches_tracked: int = 0, dtype=np.float32
+    params, batch_stats, masks=None, *, num_batches_tracked: int = 0, dtype=np.float32, model: str = "resnet18"
 ) -> dict[str, np.ndarray]:
-    """kuangliu's ResNet18 state_dict (key -> numpy array, in its key order) from Flax variables.
+    """`model`'s PyTorch state_dict (key -> numpy array, in its key order) from Flax variables.
 
     Args:
-      params, batch_stats: the ``params`` and ``batch_stats`` collections of
-        `jaxprune.models.ResNet18` (any width; JAX or numpy arrays).
+      params, batch_stats: the ``params`` and ``batch_stats`` collections of the
+        registered model `model` (any width; JAX or numpy arrays).
       masks: jaxprune masks over `params` (True = kept); pruned weights are set
         to exactly +0.0. None: params are taken as they are.
       num_batches_tracked: the value of every BatchNorm's counter (0-d int64).
       dtype: of the float tensors: float32 (what exports hold), or float64 to
         keep a float64 model exact.
+      model: a registered model name; one without a PyTorch twin keeps Flax
+        paths and layouts.
 
     Floats are `dtype`, laid out as torch lays them out (see the module
-    docstring), C-contiguous. Raises ExportError if the trees are not ResNet18's.
+    docstring), C-contiguous. Raises ExportError if the trees are not the model's.
     """
     if masks is not None:
         params = masks_lib.apply_masks(params, masks)
+    layout = _layout(model)
     sd = {}
     for collection, tree in (("params", params), ("batch_stats", batch_stats)):
         for names, x in _leaves(jax.device_get(tree)):
-            sd[torch_key(collection, names)] = _relayout(np.asarray(x, dtype), TO_TORCH_AXES)
-    for name, kind in _torch_modules():
+            x = np.asarray(x, dtype) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x)
+            sd[torch_key(collection, names, model)] = _relayout(x, TO_TORCH_AXES if layout else {})
+    if layout is None:
+        return sd
+    for _, name, kind in layout:
         if kind == "bn":
             sd[f"{name}.num_batches_tracked"] = np.array(num_batches_tracked, np.int64)
-    expected = torch_keys()
+    expected = torch_keys(model)
     missing = [k for k in expected if k not in sd]
     if missing:
-        raise ExportError(f"the variables lack {len(missing)} of ResNet18's tensors, e.g. {missing[0]}")
+        raise ExportError(f"the variables lack {len(missing)} of {model}'s tensors, e.g. {missing[0]}")
     return {k: sd[k] for k in expected}
 
 
-def masks_state_dict(masks) -> dict[str, np.ndarray]:
-    """The prunable leaves' masks as bool arrays (True = kept) under their tensors' torch keys,
-    in torch layout (the same shapes as in `to_torch_state_dict`). 0-d masks (not prunable) are left out."""
+def masks_state_dict(masks, model: str = "resnet18") -> dict[str, np.ndarray]:
+    """The prunable leaves' masks as bool arrays (True = kept) under their tensors' keys,
+    in the export's layout (the same shapes as in `to_torch_state_dict`). 0-d masks (not prunable) are left out."""
     out = {}
+    twin = _layout(model) is not None
     for names, m in _leaves(jax.device_get(masks)):
         m = np.asarray(m)
         if m.dtype != np.bool_:
             raise ExportError(f"mask {'/'.join(names)!r} is {m.dtype}, not bool")
         if m.ndim:
-            out[torch_key("params", names)] = _relayout(m, TO_TORCH_AXES)
+            out[torch_key("params", names, model)] = _relayout(m, TO_TORCH_AXES if twin else {})
     return out
 
 
-def from_torch_state_dict(sd: dict[str, Any], width: int) -> tuple[dict, dict]:
-    """(params, batch_stats) of `jaxprune.models.ResNet18` (width `width`) from kuangliu's state_dict.
+def from_torch_state_dict(sd: dict[str, Any], width: int, model: str = "resnet18") -> tuple[dict, dict]:
+    """(params, batch_stats) of the registered `model` (width `width`) from its PyTorch twin's state_dict.
 
     `sd` maps keys to numpy arrays or torch tensors (e.g. ``model.state_dict()``);
-    the class count is read from ``linear.bias``. Returns nested dicts of
+    the class count is read from the output layer's bias. Returns nested dicts of
     float32 numpy arrays in Flax layout (HWIO, (in, out)); the
     ``num_batches_tracked`` counters are dropped. Strict like torch: a missing,
     unexpected or wrongly shaped tensor raises ExportError. The exact inverse
     of `to_torch_state_dict` without masks.
     """
-    from jaxprune.models import ResNet18  # late: flax is needed only here
+    from jaxprune.models import init_variables  # late: flax is needed only here
 
-    expected = torch_keys()
+    if _layout(model) is None:
+        raise ExportError(f"{model} has no PyTorch twin to import from")
+    expected = torch_keys(model)
     missing = [k for k in expected if k not in sd]
     unexpected = sorted(set(sd) - set(expected))
     if missing or unexpected:
         raise ExportError(
-            f"not a ResNet18 state_dict: {len(missing)} missing keys {missing[:2]}, "
+            f"not a {model} state_dict: {len(missing)} missing keys {missing[:2]}, "
             f"{len(unexpected)} unexpected {unexpected[:2]}"
         )
-    num_classes = int(np.shape(sd["linear.bias"])[0])
-    shapes = jax.eval_shape(
-        lambda: ResNet18(num_classes=num_classes, width=width).init(
-            jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
-        )
-    )
+    head = next(name for _, name, kind in reversed(_layout(model)) if kind == "linear")
+    num_classes = int(np.shape(sd[f"{head}.bias"])[0])
+    module = models.get(model).build(num_classes, width)
+    shapes = jax.eval_shape(lambda: init_variables(module, 0))
     out = {}
     for collection in ("params", "batch_stats"):
         leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes[collection])
         arrays = []
         for path, shape in leaves:
-            key = torch_key(collection, masks_lib.path_names(path))
+            key = torch_key(collection, masks_lib.path_names(path), model)
             x = _relayout(_numpy(sd[key]).astype(np.float32), FROM_TORCH_AXES)
             if x.shape != shape.shape:
                 raise ExportError(
-                    f"{key} has shape {tuple(_numpy(sd[key]).shape)}, which a width-{width} ResNet18 does not"
+                    f"{key} has shape {tuple(_numpy(sd[key]).shape)}, which a width-{width} {model} does not"
                 )
             arrays.append(x)
         out[collection] = jax.tree_util.tree_unflatten(treedef, arrays)
@@ -270,14 +267,14 @@ def load_for_export(path: str | os.PathLike, which: str = "latest") -> tuple[Any
     return model["params"], model["batch_stats"], model["masks"], meta["config"], meta
 
 
-def sparsity_summary(masks, mask_sd: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """Global and per-tensor sparsity (fraction of prunable weights pruned, in [0, 1]) by torch key."""
+def sparsity_summary(masks, mask_sd: dict[str, np.ndarray] | None = None, model: str = "resnet18") -> dict[str, Any]:
+    """Global and per-tensor sparsity (fraction of prunable weights pruned, in [0, 1]) by exported key."""
     report = masks_lib.sparsity_report(masks)
-    mask_sd = masks_state_dict(masks) if mask_sd is None else mask_sd
+    mask_sd = masks_state_dict(masks, model) if mask_sd is None else mask_sd
     total = report.total
     layers = {}
     for row in report.rows:
-        key = torch_key("params", row.path.split("/"))
+        key = torch_key("params", row.path.split("/"), model)
         layers[key] = {"path": row.path, "shape": list(mask_sd[key].shape), "kept": row.kept,
                        "total": row.total, "sparsity": row.sparsity}
     return {"global": total.sparsity, "kept": total.kept, "total": total.total, "layers": layers}
@@ -356,26 +353,30 @@ def export(path: str | os.PathLike, out_dir: str | os.PathLike, which: str = "la
     out = Path(out_dir)
     check_out_dir(out)
     params, batch_stats, masks, cfg, meta = load_for_export(path, which)
+    run_cfg = config_lib.from_dict(config_lib.TrainConfig, cfg)
+    spec = models.get(run_cfg.model)
     metrics = meta.get("metrics") or {}
     steps = int(metrics.get("step", 0))
-    model_sd = to_torch_state_dict(params, batch_stats, masks, num_batches_tracked=steps)
-    mask_sd = masks_state_dict(masks)
+    model_sd = to_torch_state_dict(params, batch_stats, masks, num_batches_tracked=steps, model=spec.name)
+    mask_sd = masks_state_dict(masks, spec.name)
+    mean, std = data.NORMALIZATIONS[run_cfg.normalization]
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": {
-            "architecture": "ResNet18 of kuangliu/pytorch-cifar models/resnet.py, stage widths "
-                            "width x (1, 2, 4, 8)",
-            "width": cfg.get("width"),
-            "num_classes": int(model_sd["linear.bias"].shape[0]),
-            "input": "float32 NCHW (N, 3, 32, 32): (pixel / 255 - mean) / std per RGB channel",
-            "mean": list(data.MEAN),
-            "std": list(data.STD),
+            "name": spec.name,
+            "architecture": spec.torch or f"{spec.name}, a registered Flax model (keys are its Flax paths)",
+            "width": run_cfg.width,
+            "num_classes": run_cfg.num_classes,
+            "input": "float32 NCHW (N, 3, 32, 32): (pixel / 255 - mean) / std per RGB channel"
+                     if spec.torch else "float32 NHWC (N, 32, 32, 3): (pixel / 255 - mean) / std per RGB channel",
+            "mean": list(mean),
+            "std": list(std),
         },
         "source": {"checkpoint": str(Path(path).absolute()), "epoch": meta.get("epoch"), "which": which},
         "metrics": metrics,
         "num_batches_tracked": steps,
-        "sparsity": sparsity_summary(masks, mask_sd),
+        "sparsity": sparsity_summary(masks, mask_sd, spec.name),
         "config": cfg,
         "run": {k: v for k, v in meta.items() if k not in _META_SHOWN},  # e.g. a study phase
         "jaxprune_version": meta.get("jaxprune_version"),

@@ -11,14 +11,25 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 
-from jaxprune import data, masks as masks_lib
-from jaxprune.models import ResNet18, init_variables
+from jaxprune import masks as masks_lib, models
+from jaxprune.models import init_variables
 
-# How kernels are named, for the message of a pattern that names none.
-NAMES_LOOK_LIKE = "stem_conv/kernel, layer1_0/conv1/kernel, layer2_0/shortcut_conv/kernel, head/kernel"
+
+class Arch(NamedTuple):
+    """What fixes a model's shapes: its registered name, width and class count."""
+
+    model: str = "resnet18"
+    width: int = 64
+    classes: int = 10
+
+    @classmethod
+    def of(cls, cfg) -> "Arch":
+        """The architecture a TrainConfig builds."""
+        return cls(cfg.model, cfg.width, cfg.num_classes)
 
 
 def mask_filter(exclude: tuple[str, ...] = ()):
@@ -27,33 +38,34 @@ def mask_filter(exclude: tuple[str, ...] = ()):
     return masks_lib.exclude(*exclude) if exclude else None
 
 
-@functools.lru_cache(maxsize=8)
-def abstract_params(width: int) -> dict:
-    """ResNet18's params at `width` as ShapeDtypeStructs (no compute)."""
-    model = ResNet18(num_classes=data.NUM_CLASSES, width=width)
+@functools.lru_cache(maxsize=16)
+def abstract_params(arch: Arch) -> dict:
+    """The model's params as ShapeDtypeStructs (no compute)."""
+    model = models.get(arch.model).build(arch.classes, arch.width)
     return jax.eval_shape(lambda: init_variables(model, 0))["params"]
 
 
-@functools.lru_cache(maxsize=32)
-def counts(width: int, exclude: tuple[str, ...] = ()) -> tuple[int, int, int]:
-    """(prunable kernels, prunable weights, all parameters) at `width` with `exclude`.
+@functools.lru_cache(maxsize=64)
+def counts(arch: Arch, exclude: tuple[str, ...] = ()) -> tuple[int, int, int]:
+    """(prunable kernels, prunable weights, all parameters) of `arch` with `exclude`.
 
-    At the write-up's width 64 with nothing excluded: 21 kernels (20 conv and
-    the dense head) holding 11,164,352 weights.
+    ResNet18 at the write-up's width 64 and 10 classes, nothing excluded: 21
+    kernels (20 conv and the dense head) holding 11,164,352 weights.
     """
-    params = abstract_params(width)
+    params = abstract_params(arch)
     flags = jax.tree.leaves(masks_lib.prunable(params, mask_filter(tuple(exclude))))
     sizes = [math.prod(p.shape) for p in jax.tree.leaves(params)]
     return sum(flags), sum(n for n, f in zip(sizes, flags) if f), sum(sizes)
 
 
-def exclude_problem(width: int, exclude: tuple[str, ...]) -> str | None:
+def exclude_problem(arch: Arch, exclude: tuple[str, ...]) -> str | None:
     """Why these --exclude patterns are a mistake (one that names no kernel would
     silently prune everything; together they may leave nothing), or None."""
-    everything = counts(width)[0]
+    everything = counts(arch)[0]
     for pattern in exclude:
-        if counts(width, (pattern,))[0] == everything:
-            return f"--exclude {pattern!r} matches no kernel; kernels are named like {NAMES_LOOK_LIKE}"
-    if exclude and counts(width, tuple(exclude))[0] == 0:
+        if counts(arch, (pattern,))[0] == everything:
+            return (f"--exclude {pattern!r} matches no kernel; {arch.model}'s kernels are named like "
+                    f"{models.get(arch.model).names_look_like}")
+    if exclude and counts(arch, tuple(exclude))[0] == 0:
         return f"--exclude {' '.join(exclude)} leaves no kernel to prune"
     return None

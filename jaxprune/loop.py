@@ -196,7 +196,7 @@ class _Group:
         )
         self.val = None if dataset.val_labels is None else devices.put_replicated(
             (dataset.val_images, dataset.val_labels), mesh)
-        self.prunable = kernels.counts(self.cfg.width, tuple(self.cfg.exclude))[1]
+        self.prunable = kernels.counts(kernels.Arch.of(self.cfg), tuple(self.cfg.exclude))[1]
         self.images = train.images_per_epoch(self.cfg, len(dataset.train_labels))
         self.last_ready = time.perf_counter()  # when the previous epoch's results were read
 

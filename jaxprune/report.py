@@ -54,12 +54,13 @@ class ReportError(UserError):
 
 # results.csv's columns, in order, and their types.
 COLUMNS = {
-    "seed": int, "retrain": str, "distribution": str, "schedule": str, "method": str, "target": float,
+    "model": str, "data": str, "seed": int, "retrain": str, "distribution": str, "schedule": str, "method": str, "target": float,
     "round": int, "sparsity": float, "epoch": int, "test_acc": float, "val_acc": float,
     "train_loss": float, "train_acc": float, "seconds": float, "diverged": int,
 }
 # Columns files written before replicates lack, with the values those files meant (baseline rows: "").
 DEFAULTS = {"seed": 0, "retrain": "retrain", "distribution": "global", "val_acc": np.nan}
+LATER = ("model", "data", "diverged")  # columns added later still, filled in by `_typed`
 PHASE = ["seed", "retrain", "distribution", "schedule", "method", "target", "round"]
 VARIANT = ["method", "retrain", "distribution"]  # what one table column or figure line stands for
 MEASURES = {"max_test": "max test", "best_val_test": "test at best val", "last_test": "test at last epoch"}
@@ -80,7 +81,7 @@ EPS = 1e-12  # sparsities are exact counts over the total; this only absorbs flo
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
     """The frame in results.csv's schema: old layouts get DEFAULTS; ValueError if a row is damaged."""
-    missing = [c for c in COLUMNS if c not in df.columns and c not in DEFAULTS and c != "diverged"]
+    missing = [c for c in COLUMNS if c not in df.columns and c not in DEFAULTS and c not in LATER]
     if missing:
         raise ValueError(f"no column {missing[0]!r}")
     df = df.reset_index(drop=True)
@@ -88,6 +89,8 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     df = df.assign(**{
         c: (np.where(baseline, "", v) if isinstance(v, str) else v) for c, v in DEFAULTS.items() if c not in df
     })
+    # Files from before the model registry: the write-up's network; the data set unrecorded.
+    df = df.assign(**{c: v for c, v in (("model", "resnet18"), ("data", "")) if c not in df})
     if "diverged" not in df:  # files from before the column: a non-finite training loss is the mark
         loss = pd.to_numeric(df["train_loss"], errors="coerce")
         df = df.assign(diverged=(df["train_loss"].astype(str).str.strip().str.lower().isin(NON_FINITE)
@@ -272,8 +275,11 @@ class _Layout:
         self.has_val = bool(df["val_acc"].notna().any())
         self.shown = ["max_test", "best_val_test"] if self.has_val else ["max_test"]
         self.what = "max test accuracy" + (" (and test at best val)" if self.has_val else "")  # for titles
+        # What was studied, for titles: "resnet18 on cifar10" (older files: the model alone).
+        names = [", ".join(pd.unique(df[c].astype(str)[df[c].astype(str) != ""])) for c in ("model", "data")]
+        self.subject = " on ".join(n for n in names if n)
         # For figure titles, on a line of its own: the titles are long.
-        self.suffix = f"\n{len(self.seeds)} seeds: mean ± 1 std" if self.several else ""
+        self.suffix = f" ({self.subject})" + (f"\n{len(self.seeds)} seeds: mean ± 1 std" if self.several else "")
 
     def label(self, s: pd.DataFrame) -> pd.Series:
         """'magnitude' or, when several modes or distributions are present, 'magnitude, lr-rewind, erk'."""
@@ -655,7 +661,7 @@ def _write_into(workdir: Path, df: pd.DataFrame, outdir: Path) -> None:
     n = len(lay.seeds)
     modes = ", ".join(lay.pruned["retrain"].cat.remove_unused_categories().cat.categories)
     md = [
-        "# Pruning study report", "",
+        f"# Pruning study report: {lay.subject}", "",
         f"From `{workdir}`: {len(df)} epochs recorded, {n} seed{'s' * (n > 1)} "
         f"({', '.join(map(str, lay.seeds))}){f'; retraining: {modes}' if modes else ''}.", "",
         "Accuracy figures, per phase (percent of the test set):", "",

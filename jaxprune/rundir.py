@@ -177,14 +177,16 @@ def holds_same(directory: Path, cfg, *, study: bool) -> bool:
     return _held_identity(saved, type(cfg))["config"] == json.loads(json.dumps(config_lib.identity(cfg)))
 
 
-def default_directory(parent: Path, stem: str, cfg, *, study: bool) -> Path:
+def default_directory(parent: Path, stem: str, cfg, *, study: bool, legacy_stems: tuple[str, ...] = ()) -> Path:
     """PARENT/STEM-<identity hash>, or the directory an earlier release named for the same
-    run: its hash then covered every field, so a field added since changed the name."""
+    run: its hash then covered every field, so a field added since changed the name, and
+    its stem may be one of `legacy_stems` (names before the model was part of them)."""
     path = Path(parent) / f"{stem}-{config_lib.identity_hash(cfg)}"
     if not path.exists() and Path(parent).is_dir():
-        for old in sorted(Path(parent).glob(f"{glob.escape(stem)}-" + "[0-9a-f]" * 6)):
-            if old.is_dir() and holds_same(old, cfg, study=study):
-                return old
+        for s in (stem, *legacy_stems):
+            for old in sorted(Path(parent).glob(f"{glob.escape(s)}-" + "[0-9a-f]" * 6)):
+                if old.is_dir() and holds_same(old, cfg, study=study):
+                    return old
     return path
 
 

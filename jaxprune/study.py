@@ -44,6 +44,7 @@ from jaxprune.models import init_variables
 from jaxprune.modes import RETRAINING, SCHEDULES, Planning, Sources, Start, StudyError, chain_modes_of
 
 RESULT_FIELDS = (
+    "model", "data",  # the network (--model) and the data set's name (--data's kind, e.g. cifar10)
     "seed", "retrain", "distribution", "schedule", "method", "target", "round", "sparsity", "epoch",
     "test_acc", "val_acc", "train_loss", "train_acc", "seconds",
     "diverged",  # 1 where the epoch's training loss was NaN or infinite
@@ -122,7 +123,7 @@ BASELINE_PHASE = Phase(BASELINE, "", 0.0, 0, 0, 0.0, None)
 
 def model_shapes(cfg: config_lib.TrainConfig) -> tuple[int, int]:
     """(prunable weights, all parameters) of the model `cfg` builds (shapes only, no compute)."""
-    return kernels.counts(cfg.width, tuple(cfg.exclude))[1:]
+    return kernels.counts(kernels.Arch.of(cfg), tuple(cfg.exclude))[1:]
 
 
 def prunable_total(cfg: config_lib.TrainConfig) -> int:
@@ -301,10 +302,12 @@ def load_baseline(path: str, cfg: config_lib.StudyConfig) -> Final:
             f"baseline {path} is unfinished (epoch {epoch} of {saved.epochs}): finish it by rerunning its "
             f"train command, or give one epoch's folder ({folder / str(epoch)}) to prune that epoch"
         )
-    if saved.width != cfg.train.width:
+    theirs, ours = kernels.Arch.of(saved), kernels.Arch.of(cfg.train)
+    if theirs != ours:
         raise StudyError(
-            f"baseline {path} is a width-{saved.width} ResNet18 but the study builds width "
-            f"{cfg.train.width}: its shapes don't match the model (pass --width {saved.width})"
+            f"baseline {path} is a width-{theirs.width} {theirs.model} with {theirs.classes} classes but the study "
+            f"builds a width-{ours.width} {ours.model} with {ours.classes}: its shapes don't match "
+            f"(pass --model {theirs.model} --width {theirs.width} and data with {theirs.classes} classes)"
         )
     # Whatever devices wrote it, it restores onto the ones this study uses.
     here = dataclasses.replace(saved, devices=cfg.train.devices, dtype=cfg.train.dtype)
@@ -314,11 +317,11 @@ def load_baseline(path: str, cfg: config_lib.StudyConfig) -> Final:
         raise StudyError(f"baseline {path} does not match the model: {e}") from e
 
 
-def _result_row(phase: Phase, m: dict[str, Any]) -> dict[str, Any]:
-    """One results.csv row from a phase and one of its metrics rows."""
+def _result_row(phase: Phase, m: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """One results.csv row from a phase, one of its metrics rows and the study's `labels`."""
     base = phase.schedule == BASELINE
     return {
-        "seed": phase.seed, "retrain": "" if base else phase.retrain,
+        **labels, "seed": phase.seed, "retrain": "" if base else phase.retrain,
         "distribution": "" if base else phase.distribution,
         "schedule": phase.schedule, "method": phase.method, "target": phase.target, "round": phase.round,
         # Per epoch from the masks (it moves in gradual pruning); older logs: the phase's.
@@ -329,9 +332,17 @@ def _result_row(phase: Phase, m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def labels(workdir: Path) -> dict[str, str]:
+    """The model and data set names every row of the study in `workdir` carries (from its config.json)."""
+    record = rundir.read_record(Path(workdir)) or {}
+    train_cfg = config_lib.from_dict(config_lib.TrainConfig, (record.get("config") or {}).get("train") or {})
+    return {"model": train_cfg.model, "data": data.data_name(train_cfg.data)}
+
+
 def result_rows(workdir: Path, phases: list[Phase]) -> list[dict[str, Any]]:
     """results.csv's rows, from the phases' own metric logs, in plan order."""
-    return [_result_row(p, m) for p in phases for m in rundir.read_metrics(workdir / p.name)]
+    tags = labels(workdir)
+    return [_result_row(p, m, tags) for p in phases for m in rundir.read_metrics(workdir / p.name)]
 
 
 def rebuild_results(workdir: Path, phases: list[Phase]) -> int:
@@ -343,7 +354,7 @@ def rebuild_results(workdir: Path, phases: list[Phase]) -> int:
 
 def append_result(workdir: Path, phase: Phase, m: dict[str, Any]) -> None:
     """Appends one epoch's row to WORKDIR/results.csv (O(1), unlike a rebuild)."""
-    rundir.append_csv_row(workdir / "results.csv", RESULT_FIELDS, _result_row(phase, m))
+    rundir.append_csv_row(workdir / "results.csv", RESULT_FIELDS, _result_row(phase, m, labels(workdir)))
 
 
 def recorded_phases(workdir: Path) -> list[Phase]:

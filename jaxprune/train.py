@@ -29,8 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxprune import config as config_lib, data, devices, kernels, masks as masks_lib
-from jaxprune.models import ResNet18
+from jaxprune import config as config_lib, data, devices, kernels, masks as masks_lib, models
 
 
 @flax.struct.dataclass
@@ -45,8 +44,9 @@ class TrainState:
     key: jax.Array  # uint32 key data of the run's PRNG key
 
 
-def build_model(cfg: config_lib.TrainConfig) -> ResNet18:
-    return ResNet18(num_classes=data.NUM_CLASSES, width=cfg.width, dtype=jnp.dtype(cfg.dtype))
+def build_model(cfg: config_lib.TrainConfig):
+    """The Flax module `cfg` trains: its --model at its --width, with --data's class count."""
+    return models.get(cfg.model).build(cfg.num_classes, cfg.width, cfg.dtype)
 
 
 def images_per_epoch(cfg: config_lib.TrainConfig, n_train: int) -> int:
@@ -65,14 +65,31 @@ def _lr_at(cfg: config_lib.TrainConfig, steps_per_epoch: int, count, xp):
     epoch-cosine is torch's CosineAnnealingLR(T_max) with eta_min 0, stepped
     once per epoch: constant within an epoch, lr/2 (1 + cos(pi e / T_max))
     for 0-based schedule epoch e. cosine anneals per step to 0 over the
-    schedule's epochs, as optax.cosine_decay_schedule does. The schedule's
+    schedule's epochs, as optax.cosine_decay_schedule does. multistep is
+    lr * gamma^(milestones <= e), torch's MultiStepLR stepped once per epoch
+    (open_lth's milestone drops land on the same steps). The schedule's
     epochs start at cfg.schedule_start (an lr-rewind phase replays its
-    parent's last epochs), and span schedule_start + epochs.
+    parent's last epochs), and span schedule_start + epochs. A warm-up then
+    scales the lr of schedule step t (from 0) by min(1, t / warmup_steps), as
+    open_lth does: the first step trains at lr 0.
     """
+    lr = _schedule_lr(cfg, steps_per_epoch, count, xp)
+    if cfg.warmup_steps:
+        t = count + steps_per_epoch * cfg.schedule_start
+        lr = lr * xp.minimum(xp.asarray(t, lr.dtype) / cfg.warmup_steps, 1)
+    return lr
+
+
+def _schedule_lr(cfg: config_lib.TrainConfig, steps_per_epoch: int, count, xp):
+    """`_lr_at` before the warm-up."""
     lr = xp.asarray(cfg.lr)  # float64 with numpy, and with jax when x64 is on: exact there
     if cfg.schedule == "constant":
         return lr
     span = cfg.schedule_start + cfg.epochs
+    if cfg.schedule == "multistep":
+        epoch = count // steps_per_epoch + cfg.schedule_start
+        drops = xp.sum(xp.asarray(cfg.milestones) <= epoch)
+        return lr * xp.asarray(cfg.gamma, lr.dtype) ** drops
     if cfg.schedule == "epoch-cosine":
         epoch = xp.asarray(count // steps_per_epoch + cfg.schedule_start, lr.dtype)
         progress = epoch / (cfg.t_max or span)
@@ -114,7 +131,7 @@ def _new_state(
     params = masks_lib.apply_masks(params, masks)
     return TrainState(
         params=params,
-        batch_stats=variables["batch_stats"],
+        batch_stats=variables.get("batch_stats", {}),  # {} for a model without BatchNorm
         opt_state=tx.init(params),
         masks=masks,
         step=jnp.zeros((), jnp.int32),
@@ -187,8 +204,10 @@ def step_fns_for(cfg: config_lib.TrainConfig, steps_per_epoch: int, runs: bool =
 
 
 def compile_key(cfg: config_lib.TrainConfig) -> config_lib.TrainConfig:
-    # Fields that do not reach the compiled code (epochs does: the schedule).
-    return dataclasses.replace(cfg, data="", train_subset=0, seed=0, progress=False, on_divergence="stop")
+    # Fields that do not reach the compiled code (epochs does: the schedule). Of the data
+    # only its class count does (the model's output layer): a stand-in spec keeps it.
+    return dataclasses.replace(cfg, data=f"synthetic:1,1,{cfg.num_classes}", train_subset=0, seed=0,
+                               progress=False, on_divergence="stop")
 
 
 # ---------------------------------------------------------------- pure functions of a recipe
@@ -230,7 +249,7 @@ def train_step(r: Recipe, state: TrainState, images, labels):
     _, aug_key = _keys(state)
     if r.cfg.augment:
         images = data.augment(jax.random.fold_in(aug_key, state.step), images)
-    x = data.normalize(images)
+    x = data.normalize(images, r.cfg.normalization)
 
     def loss_fn(params):
         logits, updates = r.model.apply(
@@ -241,7 +260,7 @@ def train_step(r: Recipe, state: TrainState, images, labels):
         )
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         # Metric sums in float32 whatever the compute dtype (and with x64 on).
-        return losses.mean(), (losses.sum().astype(jnp.float32), logits, updates["batch_stats"])
+        return losses.mean(), (losses.sum().astype(jnp.float32), logits, updates.get("batch_stats", {}))
 
     grads, (loss_sum, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     # The optimiser is elementwise, so masking the new params and momentum
@@ -306,7 +325,7 @@ def evaluate(r: Recipe, params, batch_stats, masks, images, labels):
 
     def body(carry, batch):
         x, y, v = batch
-        logits = r.model.apply(variables, data.normalize(x), train=False)
+        logits = r.model.apply(variables, data.normalize(x, r.cfg.normalization), train=False)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         hit = jnp.argmax(logits, -1) == y
         loss_sum = jnp.sum(loss * v).astype(jnp.float32)

@@ -153,4 +153,4 @@ def test_presets_are_listed_and_shown_in_help(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--preset", "smoke", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(--preset smoke: 3; default: 90)" in text and "(--preset smoke: 4; default: 64)" in text
+    assert "(--preset smoke: 3; default: 90)" in text and "(--preset smoke: 4; default: 0)" in text

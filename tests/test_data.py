@@ -80,7 +80,73 @@ def test_binary_reader_rejects_bad_files(bin_dir):
         data.load(f"cifar10-bin:{root}")
 
 
-@pytest.mark.parametrize("spec", ["mnist", "cifar10-bin", "synthetic:0", "synthetic:a,b", "synthetic:1,2,3"])
+def cifar100_records(coarse, fine, images):
+    """CIFAR-100 binary records by hand: coarse label byte, fine label byte, then R, G and B planes."""
+    out = bytearray()
+    for c, f, img in zip(coarse, fine, images):
+        out += bytes([c, f])
+        for ch in range(3):
+            out += img[:, :, ch].tobytes()
+    return bytes(out)
+
+
+def test_cifar100_binary_reads_fine_labels_and_checks_the_split_sizes(tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "cifar-100-binary"
+    folder.mkdir()
+    written = {}
+    for name, n in (("train.bin", 10), ("test.bin", 2)):  # 5:1, as 50,000:10,000
+        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        fine = rng.integers(0, 100, n)
+        (folder / name).write_bytes(cifar100_records(fine // 5, fine, images))
+        written[name] = (images, fine)
+    ds = data.load(f"cifar100-bin:{tmp_path}")
+    assert ds.num_classes == 100 and data.num_classes(f"cifar100-bin:{tmp_path}") == 100
+    np.testing.assert_array_equal(ds.train_images, written["train.bin"][0])
+    np.testing.assert_array_equal(ds.train_labels, written["train.bin"][1])  # the fine label, not the coarse
+    np.testing.assert_array_equal(ds.test_labels, written["test.bin"][1])
+    assert ds.source == f"cifar100-bin:{tmp_path}" and data.data_name(ds.source) == "cifar100"
+    # Our writer is the reader's inverse, coarse byte included.
+    data.write_bin(tmp_path / "copy.bin", ds.train_images, ds.train_labels, data.BINARY["cifar100"])
+    assert (tmp_path / "copy.bin").read_bytes() == (folder / "train.bin").read_bytes()
+    # A test file cut on a record boundary is refused: test.bin should be a fifth of train.bin.
+    (folder / "test.bin").write_bytes((folder / "test.bin").read_bytes()[: 3074])
+    with pytest.raises(data.DataError, match="test.bin has 1 records but the other files up to 2.*truncated"):
+        data.load(f"cifar100-bin:{tmp_path}")
+    (folder / "test.bin").write_bytes(cifar100_records([0], [100], [np.ones((32, 32, 3), np.uint8)]))
+    with pytest.raises(data.DataError, match="labels up to 100, outside 0-99: it is not CIFAR-100 binary"):
+        data.load(f"cifar100-bin:{tmp_path}")
+    with pytest.raises(data.DataError, match="no CIFAR-100 binary data in .*missing train.bin.*jaxprune data cifar100"):
+        data.load(f"cifar100-bin:{tmp_path / 'elsewhere'}")
+
+
+def test_synthetic_class_counts_and_registered_arrays():
+    ds = data.load("synthetic:40,10,3")
+    assert ds.num_classes == 3 and set(ds.train_labels) <= {0, 1, 2} and ds.source == "synthetic:40,10,3"
+    assert data.num_classes("synthetic:40,10,3") == 3 and data.num_classes("synthetic:40") == 10
+    # Ten classes is today's data, bit for bit.
+    np.testing.assert_array_equal(data.load("synthetic:40,10,10").train_images, data.load("synthetic:40,10").train_images)
+    own = data.Dataset(ds.train_images, ds.train_labels.astype(np.int64), ds.test_images, ds.test_labels,
+                       source="x", num_classes=3)
+    try:
+        data.register_arrays("mine_for_test", own)
+        got = data.load("mine_for_test")
+        assert got.num_classes == 3 and got.train_labels.dtype == np.int32 and got.source == "mine_for_test"
+        assert data.num_classes("mine_for_test") == 3
+        with pytest.raises(data.DataError, match="already registered"):
+            data.register_arrays("mine_for_test", own)
+        with pytest.raises(data.DataError, match="takes no argument"):
+            data.load("mine_for_test:x")
+    finally:
+        data.SOURCES.pop("mine_for_test", None)
+    with pytest.raises(data.DataError, match=r"train_labels must lie in \[0, 2\) \(num_classes\), got 0..2"):
+        data.register_arrays("bad", dataclasses.replace(own, num_classes=2))
+    with pytest.raises(data.DataError, match="train_images must be uint8"):
+        data.register_arrays("bad", dataclasses.replace(own, train_images=own.train_images.astype(np.float32)))
+    assert "bad" not in data.SOURCES
+
+
+@pytest.mark.parametrize("spec", ["mnist", "cifar10-bin", "cifar100-bin", "synthetic:0", "synthetic:a,b", "synthetic:1,2,3,4", "synthetic:9,2,1"])
 def test_bad_specs(spec):
     with pytest.raises(data.DataError):
         data.check_spec(spec)

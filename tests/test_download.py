@@ -3,6 +3,7 @@
 Every refusal must leave nothing behind: the tests list the directories.
 """
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -75,6 +76,11 @@ def good_archive(good_members):
 def spec(body: bytes, url="http://127.0.0.1:9/unused") -> download.Archive:
     """What `body` must be: the test's own stand-in for the official size and hashes."""
     return download.Archive(url, len(body), hashlib.md5(body).hexdigest(), hashlib.sha256(body).hexdigest())
+
+
+def official(monkeypatch, archive, name="cifar10"):
+    """Makes `archive` the one the CLI expects for `name`."""
+    monkeypatch.setitem(data.BINARY, name, dataclasses.replace(data.BINARY[name], archive=archive))
 
 
 def tree(path):
@@ -195,13 +201,44 @@ def test_valid_data_is_left_alone(tmp_path, good_archive, capsys):
 def test_cli_writes_and_reports(tmp_path, good_archive, records, monkeypatch, capsys):
     source = tmp_path / "a.tar.gz"
     source.write_bytes(good_archive)
-    monkeypatch.setattr(download, "CIFAR10", spec(good_archive))  # the CLI's official values, for this archive
+    official(monkeypatch, spec(good_archive))  # the CLI's official values, for this archive
     target = tmp_path / "c10"
     assert cli.main(["data", "cifar10", str(target), "--from", str(source), "--no-progress"]) == 0
     out, err = capsys.readouterr()
     assert out == f"{target / FOLDER}: CIFAR-10 written (15 training and 3 test images); use --data cifar10-bin:{target}\n"
     assert err == ""
     assert_loads_exactly(target, records)
+
+
+def test_cifar100_is_fetched_checked_and_unpacked_the_same_way(tmp_path, serve, monkeypatch, capsys):
+    """`jaxprune data cifar100`: its own folder, files and records (coarse + fine label bytes)."""
+    rng = np.random.default_rng(3)
+    fine = {"train.bin": rng.integers(0, 100, 10), "test.bin": rng.integers(0, 100, 2)}
+    images = {n: rng.integers(0, 256, (len(y), 32, 32, 3), dtype=np.uint8) for n, y in fine.items()}
+    packed = {n: b"".join(bytes([int(y) // 5, int(y)]) + img.transpose(2, 0, 1).tobytes()
+                          for img, y in zip(images[n], fine[n])) for n in fine}
+    folder = "cifar-100-binary"
+    members = [member(folder, kind=tarfile.DIRTYPE), *(member(f"{folder}/{n}", b) for n, b in packed.items()),
+               member(f"{folder}/fine_label_names.txt", b"apple\n"), member(f"{folder}/coarse_label_names.txt", b"fruit\n")]
+    body = tar_gz(members)
+    url = serve("/cifar-100-binary.tar.gz", body)
+    official(monkeypatch, spec(body, url), "cifar100")
+    target = tmp_path / "c100"
+    assert cli.main(["data", "cifar100", str(target), "--no-progress"]) == 0
+    assert capsys.readouterr().out == (f"{target / folder}: CIFAR-100 written (10 training and 2 test images); "
+                                       f"use --data cifar100-bin:{target}\n")
+    ds = data.load(f"cifar100-bin:{target}")
+    np.testing.assert_array_equal(ds.train_labels, fine["train.bin"])
+    np.testing.assert_array_equal(ds.test_images, images["test.bin"])
+    assert (target / folder / "fine_label_names.txt").read_bytes() == b"apple\n"
+    assert cli.main(["data", "cifar100", str(target), "--no-progress"]) == 0  # present: left alone
+    assert "CIFAR-100 already present" in capsys.readouterr().out
+    # A CIFAR-10 member in a CIFAR-100 archive is refused, and nothing is left behind.
+    odd = tar_gz([*members, member(f"{folder}/data_batch_1.bin", b"x")])
+    official(monkeypatch, spec(odd, serve("/odd.tar.gz", odd)), "cifar100")
+    with pytest.raises(DataError, match="data_batch_1.bin' is not one of CIFAR-100's files"):
+        download.fetch("cifar100", tmp_path / "other", progress=False, timeout=10)
+    assert not (tmp_path / "other").exists()
 
 
 def test_help_explains_every_option(capsys):
@@ -299,7 +336,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, good_archive, monkeypatch):
     source = tmp_path / "a.tar.gz"
     source.write_bytes(good_archive)
 
-    def cut_off(built, root):
+    def cut_off(built, root, layout):
         assert (built / FOLDER / "test_batch.bin").is_file()  # everything was staged
         raise KeyboardInterrupt
 
@@ -405,7 +442,7 @@ def test_cli_missing_from_file(tmp_path, capsys):
 
 def test_cli_download_failure_says_what_to_do(tmp_path, good_archive, monkeypatch, capsys):
     url = f"http://127.0.0.1:{closed_port()}/cifar-10-binary.tar.gz"
-    monkeypatch.setattr(download, "CIFAR10", spec(good_archive, url))
+    official(monkeypatch, spec(good_archive, url))
     err = cli_fails([str(tmp_path / "c10")], capsys)
     assert err.endswith("fetch the archive elsewhere and pass it with --from FILE, or use --data synthetic\n")
     assert tree(tmp_path) == []

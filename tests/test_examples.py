@@ -61,3 +61,23 @@ def test_restore_with_plain_orbax(small_study):
     assert f"sparsity {expected.sparsity.total.sparsity:.4f}".endswith("0.5000")
     assert f"test accuracy {100 * expected.test_acc:.2f}%" in lines[0]
     assert "pruned weights all 0: True" in lines
+
+
+def test_custom_model_study_runs_resumes_and_exports(tmp_path):
+    """examples/custom_model_study.py: a registered Flax model on registered in-memory arrays
+    runs the whole study (6 phases, report), a rerun trains nothing, and the export keeps Flax paths."""
+    import csv
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / "examples" / "custom_model_study.py"), str(tmp_path / "study")]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "study: 6 phases (0 finished), 7 of 7 epochs to train" in first.stdout
+    rows = list(csv.DictReader(open(tmp_path / "study" / "results.csv")))
+    assert len(rows) == 7 and {r["model"] for r in rows} == {"small_cnn"} and {r["data"] for r in rows} == {"bands"}
+    assert max(float(r["sparsity"]) for r in rows) == pytest.approx(0.8762, abs=1e-4)
+    assert (tmp_path / "study" / "report" / "report.md").is_file()
+    assert "keys ['params/conv1/kernel', 'params/conv2/kernel', 'params/head/kernel']" in first.stdout
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "6 phases (6 finished), 0 of 7 epochs to train" in again.stdout

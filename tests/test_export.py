@@ -164,7 +164,7 @@ def test_from_torch_state_dict_is_strict(pruned):
         export.from_torch_state_dict({k: v for k, v in sd.items() if k != "layer4.1.bn2.running_var"}, WIDTH)
     with pytest.raises(export.ExportError, match="1 unexpected.*layer1.0.shortcut.0.weight"):
         export.from_torch_state_dict({**sd, "layer1.0.shortcut.0.weight": sd["conv1.weight"]}, WIDTH)
-    with pytest.raises(export.ExportError, match=r"linear.weight has shape \(10, 32\), which a width-8 ResNet18 does not"):
+    with pytest.raises(export.ExportError, match=r"linear.weight has shape \(10, 32\), which a width-8 resnet18 does not"):
         export.from_torch_state_dict(sd, 8)
     with pytest.raises(export.ExportError, match="'extra/kernel' is not part of"):
         export.to_torch_state_dict({**pruned[0], "extra": {"kernel": np.ones((2, 2))}}, pruned[1])

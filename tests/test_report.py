@@ -61,7 +61,8 @@ def test_report_from_a_small_fixture(tmp_path):
     add("iterative", "magnitude", 0.9, 3, 0.91, [0.89, 0.88])
     write_results(tmp_path, rows, OLD_FIELDS)
     df = report.read_results(tmp_path)
-    assert list(df.columns) == [*FIELDS, "diverged"] and set(df["seed"]) == {0} and df["val_acc"].isna().all()
+    assert list(df.columns) == ["model", "data", *FIELDS, "diverged"] and set(df["seed"]) == {0}
+    assert df["val_acc"].isna().all() and set(df["model"]) == {"resnet18"} and set(df["data"]) == {""}
     assert (df["diverged"] == 0).all()  # derived from the finite losses: the column is newer than the file
     assert set(zip(df["schedule"], df["retrain"], df["distribution"])) == {
         ("baseline", "", ""), ("oneshot", "retrain", "global"), ("iterative", "retrain", "global")}

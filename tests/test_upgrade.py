@@ -103,9 +103,9 @@ def test_the_default_directory_an_earlier_release_named_is_found_and_resumed(tmp
     cfg = cli.study_config(cli.build_parser().parse_args([*ARGS, "--targets", "0.5"]))
     assert config_lib.identity_hash(cfg) != old_hash
     assert cli.default_study_workdir(cfg) == Path("runs") / old.name
-    # Another recipe gets a new directory, not the old one.
+    # Another recipe gets a new directory, not the old one, named with the model since the model registry.
     other = cli.study_config(cli.build_parser().parse_args([*ARGS, "--targets", "0.5", "--lr", "0.05"]))
-    assert cli.default_study_workdir(other).name == f"study-synthetic-w2-b1-r1-float32-s0-{config_lib.identity_hash(other)}"
+    assert cli.default_study_workdir(other).name == f"study-resnet18-synthetic-w2-b1-r1-float32-s0-{config_lib.identity_hash(other)}"
     before = rundir.read_metrics(old / "baseline")
     assert cli.main([*ARGS, "--targets", "0.5"]) == 0
     assert "3 phases (3 finished), 0 of 3 epochs to train" in capsys.readouterr().out
@@ -121,3 +121,26 @@ def test_evaluate_on_a_study_or_chain_folder_names_the_runs_under_it(tmp_path, c
                    "iterative-magnitude-0.50/round-01, oneshot-magnitude-0.50/round-01 (under it)"]
     assert cli.main(["evaluate", str(w / "oneshot-magnitude-0.50")]) == 2
     assert "give one of round-01 (under it)" in capsys.readouterr().err
+
+
+def test_the_model_registry_changes_no_identity_or_name_of_a_resnet18_run():
+    """The fields the model registry added (model, width 0 = the model's own, normalization,
+    milestones, gamma, warmup_steps) leave every resnet18 run's identity and hash as the
+    release before them (7525dde) saved and computed them."""
+    before = {"data": "cifar10-bin:~/.cache/cifar10", "train_subset": 0, "width": 64, "dtype": "float32", "epochs": 90,
+              "batch_size": 128, "drop_last": False, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0005,
+              "schedule": "epoch-cosine", "t_max": 200, "schedule_start": 0, "val_split": 0, "exclude": [],
+              "prune_to": 0.0, "prune_from": 0.0, "prune_end": 0.75, "prune_every": 0, "prune_score": "magnitude",
+              "augment": True, "eval_batch_size": 1000, "seed": 0, "steps_per_dispatch": 0, "devices": 0,
+              "progress": True, "on_divergence": "stop", "deterministic": False}  # 7525dde's config.json
+    now = config_lib.TrainConfig()
+    assert now.width == 64 and now.model == "resnet18"
+    assert config_lib.saved_identity(config_lib.TrainConfig, before) == config_lib.identity(now)
+    # Six hex digits as 7525dde computed them for these configs.
+    assert config_lib.identity_hash(now) == "44136f" and config_lib.identity_hash(config_lib.StudyConfig()) == "44136f"
+    assert config_lib.identity_hash(config_lib.study_preset("smoke")) == "6a3712"
+    assert config_lib.identity_hash(config_lib.TrainConfig(**config_lib.TRAIN_PRESETS["smoke"])) == "922479"
+    # A width given explicitly is the same run as the default that resolves to it.
+    assert config_lib.identity(config_lib.TrainConfig(width=64)) == config_lib.identity(now)
+    other = config_lib.TrainConfig(model="cifar_resnet_20")
+    assert other.width == 16 and config_lib.identity_hash(other) != "44136f"
