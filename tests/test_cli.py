@@ -143,7 +143,7 @@ def test_presets_are_listed_and_shown_in_help(capsys):
     listed = capsys.readouterr().out
     assert "jaxprune train --preset seed: (the defaults)" in listed and "jaxprune train --preset quick:" in listed
     assert cli.main(["presets", "train", "tiny"]) == 2
-    assert "no preset 'tiny'; the presets are quick, seed, smoke" in capsys.readouterr().err
+    assert "no preset 'tiny'; the presets are openlth-resnet20, openlth-vgg16, quick, seed, smoke" in capsys.readouterr().err
     # Each listed setting is a real option: the smoke line, given back to study, builds the preset's config.
     settings = out[0].split(": ", 1)[1].split()
     listed, preset = (cli.study_config(cli.build_parser().parse_args(a))
