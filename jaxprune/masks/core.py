@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune.masks import selection
+from jaxprune.masks import nm, selection
 
 PyTree = Any
 KeyPath = tuple
@@ -288,6 +288,7 @@ class SparsityRow:
     shape: tuple[int, ...]
     kept: int
     total: int
+    note: str = ""  # e.g. why a leaf is left dense under an N:M pattern
 
     @property
     def sparsity(self) -> float:
@@ -308,16 +309,18 @@ class SparsityReport:
         )
 
     def __str__(self) -> str:
-        lines = [("path", "shape", "kept", "total", "sparsity")]
+        notes = any(r.note for r in self.rows)
+        lines = [("path", "shape", "kept", "total", "sparsity", *(("note",) if notes else ()))]
         for r in [*self.rows, self.total]:
             shape = "x".join(map(str, r.shape)) if r.shape else ""
-            lines.append((r.path, shape, f"{r.kept:,}", f"{r.total:,}", f"{100 * r.sparsity:.2f}%"))
-        widths = [max(len(row[c]) for row in lines) for c in range(5)]
+            lines.append((r.path, shape, f"{r.kept:,}", f"{r.total:,}", f"{100 * r.sparsity:.2f}%",
+                          *((r.note,) if notes else ())))
+        widths = [max(len(row[c]) for row in lines) for c in range(len(lines[0]))]
         out = []
         for j, row in enumerate(lines):
             out.append(
                 "  ".join(
-                    cell.ljust(w) if c < 2 else cell.rjust(w)
+                    cell.ljust(w) if c < 2 or c == 5 else cell.rjust(w)
                     for c, (cell, w) in enumerate(zip(row, widths))
                 ).rstrip()
             )
@@ -337,14 +340,24 @@ def _prunable_masks(masks: PyTree) -> list[tuple[KeyPath, Any]]:
     return found
 
 
-def sparsity_report(masks: PyTree) -> SparsityReport:
-    """One row per prunable leaf (path, shape, kept, total, sparsity); ``str()`` gives a table."""
+def sparsity_report(masks: PyTree, *, pattern: str | None = None, axis: int = -2) -> SparsityReport:
+    """One row per prunable leaf (path, shape, kept, total, sparsity); ``str()`` gives a table.
+
+    With an N:M `pattern` (as given to `prune`), each row's note says whether the
+    leaf follows it, or why it was left dense (its `axis` not a multiple of M)."""
     found = _prunable_masks(masks)
     kept = kept_counts([m for _, m in found])
+    notes = [""] * len(found)
+    if pattern is not None:
+        n, m_ = nm.parse(pattern)
+        for i, (_, m) in enumerate(found):
+            why = nm.ineligible(tuple(m.shape), m_, axis)
+            notes[i] = (f"dense: {why}" if why else
+                        f"{pattern}" if nm.follows(m, n, m_, axis) else f"not {pattern}: a group keeps more than {n}")
     return SparsityReport(
         [
-            SparsityRow(path_str(p), tuple(m.shape), k, int(np.prod(m.shape)))
-            for (p, m), k in zip(found, kept)
+            SparsityRow(path_str(p), tuple(m.shape), k, int(np.prod(m.shape)), note)
+            for (p, m), k, note in zip(found, kept, notes)
         ]
     )
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune.masks import distributions, scores, selection
+from jaxprune.masks import distributions, nm, scores, selection
 from jaxprune.masks.core import Filter, PyTree, _entries, _place_like, _ranked, aligned, kept_counts, path_str
 
 
@@ -151,6 +151,26 @@ def _prune(params, masks, *, score, key, filter, score_args, counts: Callable) -
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def _prune_pattern(params, masks, n: int, m: int, axis: int, *, score, key, filter, score_args) -> PyTree:
+    """N:M on every ranked leaf that can hold it (`nm.ineligible`); the others keep their masks."""
+    entries, treedef = _entries(params, masks)
+    chosen = [i for i in _ranked(entries, filter) if nm.ineligible(tuple(np.shape(entries[i].mask)), m, axis) is None]
+    leaves = [e.mask for e in entries]
+    if not chosen:
+        return jax.tree_util.tree_unflatten(treedef, leaves)
+    leaf_params = [entries[i].param for i in chosen]
+    alive = [entries[i].mask for i in chosen]
+    keys = score.keys(leaf_params, alive, key, _score_leaves(score_args, params, chosen))
+    if _on_host([*leaf_params, *alive]):  # exact and sync-free in numpy; the same masks as on a device
+        keys = jax.device_get(keys)
+        new = [_place_like(nm.keep(np.asarray(k), np.asarray(a), n, m, axis), a) for k, a in zip(keys, alive)]
+    else:
+        new = [nm.keep(k, a, n, m, axis) for k, a in zip(keys, alive)]
+    for i, mask in zip(chosen, new):
+        leaves[i] = mask
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
 # --------------------------------------------------------------------------
 # The entry points
 
@@ -166,8 +186,11 @@ def prune(
     key: jax.Array | None = None,
     filter: Filter | None = None,
     score_args: Mapping[str, PyTree] | None = None,
+    pattern: str | None = None,
+    axis: int = nm.AXIS,
 ) -> PyTree:
-    """Prunes to an exact count, ranking by `score`, split across leaves by `distribution`.
+    """Prunes to an exact count, ranking by `score`, split across leaves by `distribution`;
+    or, with `pattern`, to an N:M pattern.
 
     Give exactly one of:
       amount: float in [0, 1]: prune ``round(amount * remaining)`` of the ranked
@@ -202,6 +225,13 @@ def prune(
         in ``remaining``, ``total`` or the quotas.
       score_args: extra pytrees mirroring `params`, passed leaf by leaf to the
         score function as keyword arguments (e.g. ``{"grads": grads}``).
+      pattern: ``"N:M"`` (e.g. ``"2:4"``) instead of `amount`/`sparsity`: in
+        every group of M consecutive weights along `axis` of each ranked leaf,
+        the N highest-scored are kept (see `jaxprune.masks.nm`; ties by
+        position, weights pruned already go first). Leaves whose `axis` is not a
+        multiple of M keep their masks (``sparsity_report(masks, pattern=...)``
+        says so). `distribution` is not used.
+      axis: the axis the N:M groups run along: -2, a Flax kernel's input axis.
 
     Returns:
       New masks: exactly the computed count of kept weights goes from True to
@@ -212,6 +242,12 @@ def prune(
     Not jittable: counts are exact on the host (one device sync). Inside a jitted
     training loop use `update_masks_on_device`.
     """
+    if pattern is not None:
+        if amount is not None or sparsity is not None:
+            raise TypeError("pattern= fixes how many are kept; give neither amount nor sparsity= with it")
+        n, m = nm.parse(pattern)
+        return _prune_pattern(params, masks, n, m, axis, score=scores.resolve(score, key), key=key, filter=filter,
+                              score_args=score_args)
     if (amount is None) == (sparsity is None):
         raise TypeError("give exactly one of amount (a fraction of what remains, or a count) and sparsity=")
     resolved = scores.resolve(score, key)
