@@ -46,7 +46,7 @@ def kernels(draw):
     return w, mask, n, m
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(kernels())
 def test_each_group_keeps_the_n_largest_with_ties_by_position(case):
     w, mask, n, m = case
@@ -64,7 +64,7 @@ def device_keep(w, mask, n, m):
     return np.asarray(jax.jit(nm.keep, static_argnums=(2, 3, 4))(keys, jnp.asarray(mask), n, m, -2))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(kernels())
 def test_the_jitted_device_path_gives_the_same_masks(case):
     w, mask, n, m = case
@@ -124,6 +124,7 @@ def test_pattern_with_an_amount_is_refused():
         jaxprune.prune({"k": np.ones((4, 4), np.float32)}, {"k": np.ones((4, 4), bool)}, 0.5, pattern="2:4")
 
 
+@pytest.mark.slow
 def test_exported_masks_are_2_to_4_in_pytorchs_order():
     """In torch's layouts the groups run along dim 1 (in): consecutive for a linear weight
     (out, in), and for a conv weight once made channels-last (out, kh, kw, in)."""
