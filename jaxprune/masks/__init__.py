@@ -14,6 +14,7 @@ other leaf a 0-d True (`core`). The rooms:
   (jittable, no host sync).
 - `optax`: `keep_pruned(masks)`, the transformation that keeps pruned weights
   at exactly 0 in any optax chain, and `update_masks` for its state.
+- `overlap`: the Jaccard overlap of two masks' kept weights (bit-packed).
 - `nm`: N:M structured patterns (2:4), exact and ties by position; ``prune(...,
   pattern="2:4")`` applies one.
 - `selection`: the exact k-smallest kernels underneath.
@@ -40,7 +41,7 @@ from jaxprune.masks.core import (
     zero_pruned,
 )
 from jaxprune.masks.distributions import DISTRIBUTIONS, layer_targets
-from jaxprune.masks import nm
+from jaxprune.masks import nm, overlap
 from jaxprune.masks.gradual import (
     count_for_sparsity,
     is_update_step,
@@ -71,6 +72,7 @@ __all__ = [
     "kept_counts",
     "layer_targets",
     "nm",
+    "overlap",
     "path_names",
     "path_str",
     "polynomial_sparsity",
