@@ -33,8 +33,9 @@ def test_a_study_from_release_5ccc1bf_resumes_with_nothing_retrained_and_grows(t
     assert "3 phases (3 finished), 0 of 3 epochs to train" in out and "[1/" not in out
     assert {p: rundir.read_metrics(w / p) for p in old_metrics} == old_metrics  # nothing trained again
     new_rows = rows(w / "results.csv")
-    assert [{k: v for k, v in r.items() if k != "diverged"} for r in new_rows] == old_rows
-    assert [r["diverged"] for r in new_rows] == ["0"] * 3  # the column the old layout lacked, filled in
+    newer = ("diverged", "model", "data")  # columns the old layout lacked, filled in by the rebuild
+    assert [{k: v for k, v in r.items() if k not in newer} for r in new_rows] == old_rows
+    assert [(r["diverged"], r["model"], r["data"]) for r in new_rows] == [("0", "resnet18", "synthetic")] * 3
     assert "data_fingerprint" not in rundir.read_record(w / "baseline")  # finished: not opened, not changed
 
     assert cli.main([*ARGS, "--targets", "0.5", "0.75", "--workdir", str(w)]) == 0  # grows: only new phases train
