@@ -414,9 +414,13 @@ for _layout in BINARY.values():
     register_source(f"{_layout.name}-bin", lambda arg, layout=_layout: load_bin(arg, layout), _layout.classes,
                     usage=f"{_layout.name}-bin:DIR", check=_needs_dir(f"{_layout.name}-bin"))
 register_source("tfds", lambda arg: load_tfds(arg or None), NUM_CLASSES, usage="tfds[:DATA_DIR]")
-register_source("synthetic", lambda arg: synthetic(*_synthetic_sizes(arg)[:2], classes=_synthetic_sizes(arg)[2]),
-                lambda arg: _synthetic_sizes(arg)[2], usage="synthetic[:N_TRAIN[,N_TEST[,CLASSES]]]",
-                check=_synthetic_sizes)
+def _load_synthetic(arg: str) -> Dataset:
+    n_train, n_test, classes = _synthetic_sizes(arg)
+    return synthetic(n_train, n_test, classes=classes)
+
+
+register_source("synthetic", _load_synthetic, lambda arg: _synthetic_sizes(arg)[2],
+                usage="synthetic[:N_TRAIN[,N_TEST[,CLASSES]]]", check=_synthetic_sizes)
 
 
 def check_spec(spec: str) -> tuple[str, str]:

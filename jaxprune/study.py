@@ -352,9 +352,9 @@ def rebuild_results(workdir: Path, phases: list[Phase]) -> int:
     return len(rows)
 
 
-def append_result(workdir: Path, phase: Phase, m: dict[str, Any]) -> None:
-    """Appends one epoch's row to WORKDIR/results.csv (O(1), unlike a rebuild)."""
-    rundir.append_csv_row(workdir / "results.csv", RESULT_FIELDS, _result_row(phase, m, labels(workdir)))
+def append_result(workdir: Path, phase: Phase, m: dict[str, Any], tags: dict[str, str]) -> None:
+    """Appends one epoch's row, carrying the study's `labels`, to WORKDIR/results.csv (O(1), unlike a rebuild)."""
+    rundir.append_csv_row(workdir / "results.csv", RESULT_FIELDS, _result_row(phase, m, tags))
 
 
 def recorded_phases(workdir: Path) -> list[Phase]:
@@ -600,12 +600,13 @@ def _results_writer(workdir: Path, recorded: list[Phase]):
     calls append one row each, rather than rereading every phase every epoch.
     """
     phase_of = {workdir / p.name: p for p in recorded}
+    tags = labels(workdir)  # read once, not from config.json every epoch
     rebuilt = False
 
     def on_epoch(spec: loop.RunSpec, row: dict[str, Any]) -> None:
         nonlocal rebuilt
         if rebuilt:
-            append_result(workdir, phase_of[Path(spec.workdir)], row)
+            append_result(workdir, phase_of[Path(spec.workdir)], row, tags)
         else:
             rebuild_results(workdir, recorded)
             rebuilt = True
