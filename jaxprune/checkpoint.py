@@ -473,6 +473,30 @@ def restore_model(folder: Path, epoch: int, abstract_model: dict) -> tuple[dict,
             raise CheckpointError(f"checkpoint {folder / str(epoch)} cannot be restored ({_first_line(e)})") from e
 
 
+def restore_masks(folder: Path, epoch: int, abstract_masks: Any) -> Any:
+    """The masks of one kept epoch as numpy bool arrays in `abstract_masks`' structure, read
+    without the params and batch stats (Orbax's partial restore of the model item)."""
+    import inspect
+
+    import jax
+    import numpy as np
+
+    item = {"masks": jax.tree.map(lambda s: np.zeros(s.shape, bool), abstract_masks)}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    # Orbax >= 0.11.x names it partial_restore; older releases drop what `item` lacks given transforms={}.
+    partial = ({"partial_restore": True} if "partial_restore" in inspect.signature(ocp.args.PyTreeRestore).parameters
+               else {"transforms": {}})
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        restored = checkpointer.restore((Path(folder) / str(epoch) / MODEL).absolute(),  # Orbax wants it absolute
+                                        args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, **partial))
+    except Exception as e:
+        raise CheckpointError(f"the masks of checkpoint {folder / str(epoch)} cannot be read ({_first_line(e)})") from e
+    finally:
+        checkpointer.close()
+    return restored["masks"]
+
+
 def abstract_model(abstract_state: Any) -> dict:
     """The model item's restore target from an abstract TrainState."""
     return _split(abstract_state)[0]

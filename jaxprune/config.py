@@ -409,6 +409,15 @@ class StudyConfig:
         "write-up's), uniform (every layer at the same sparsity) or erk (Evci et al. 2020)",
         identity=False, choices=("global", "uniform", "erk"),
     )
+    pattern: str = _field(
+        "",
+        "N:M structured sparsity beside the study's distribution, e.g. 2:4 (the pattern Ampere and "
+        "Hopper tensor cores run faster): per method, a one-shot phase keeping N of every M consecutive "
+        "input weights of each kernel that can hold the pattern (the others stay dense), and an "
+        "unstructured one-shot phase at its target (M-N)/M, which the report compares it with "
+        "(empty: none)",
+        identity=False,
+    )
     retrain: tuple[str, ...] = _field(
         ("retrain",),
         "how each pruned network trains again: " + "; ".join(f"{m.name} ({m.help})" for m in modes.RETRAINING.values()),
@@ -479,6 +488,13 @@ class StudyConfig:
             raise ConfigError(
                 f"--rewind-epoch must be in [0, --baseline-epochs {self.baseline_epochs}], got {self.rewind_epoch}"
             )
+        if self.pattern:
+            from jaxprune.masks import nm  # a lower room; imported late to keep config light
+
+            try:
+                nm.parse(self.pattern)
+            except ValueError as e:
+                raise ConfigError(f"--pattern: {e}") from None
         if not self.methods or not self.schedules:
             raise ConfigError("--methods and --schedules each need at least one value")
         problem = modes.check(self)  # each schedule and retraining mode's own conditions

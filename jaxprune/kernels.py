@@ -69,3 +69,16 @@ def exclude_problem(arch: Arch, exclude: tuple[str, ...]) -> str | None:
     if exclude and counts(arch, tuple(exclude))[0] == 0:
         return f"--exclude {' '.join(exclude)} leaves no kernel to prune"
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def pattern_count(arch: Arch, exclude: tuple[str, ...], pattern: str) -> int:
+    """Weights an N:M `pattern` prunes from `arch`'s dense prunable kernels: (M - N) of every M
+    along each input axis that can hold it (`masks.nm.ineligible`); the rest stay dense."""
+    from jaxprune.masks import nm
+
+    n, m = nm.parse(pattern)
+    params = abstract_params(arch)
+    flags = jax.tree.leaves(masks_lib.prunable(params, mask_filter(tuple(exclude))))
+    shapes = [tuple(p.shape) for p, f in zip(jax.tree.leaves(params), flags) if f]
+    return sum(math.prod(s) // m * (m - n) for s in shapes if nm.ineligible(s, m) is None)

@@ -83,4 +83,4 @@ def seeds_needed(sd: float, gap: float, target: float = 0.8, alpha: float = 0.05
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if ok(mid) else (mid, hi)
-    return hi
+    return hi if hi <= most else None

@@ -653,11 +653,25 @@ def _replace_folder(new: Path, outdir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _explained(lay: _Layout, workdir: Path, outdir: Path, texts: list[str], made: list[Path]):
+    """Tables 8-11 and their figures: paired differences, N:M against unstructured, and, from the
+    phases' saved masks, the per-layer profile and the mask overlap (see report_paired, report_masks)."""
+    from jaxprune import report_masks, report_paired  # the masks' reader imports JAX and Orbax
+
+    final = final_results(lay.phases)
+    texts = texts + [t for t in (report_paired.paired_section(final, outdir, 8),
+                                 report_paired.pattern_section(final, outdir, 9)) if t]
+    more, figs = report_masks.mask_sections(workdir, lay.phases, iterative_chain, outdir, (10, 11),
+                                             f" ({lay.subject})" if lay.subject else "")
+    return texts + more, made + figs
+
+
 def _write_into(workdir: Path, df: pd.DataFrame, outdir: Path) -> None:
     (outdir / MARK).write_text("made by jaxprune report; `jaxprune report --out` replaces this folder whole\n")
     lay = _Layout(df)
     made = figures(lay, outdir)
     texts = tables(lay, outdir)
+    texts, made = _explained(lay, workdir if workdir.is_dir() else workdir.parent, outdir, texts, made)
     n = len(lay.seeds)
     modes = ", ".join(lay.pruned["retrain"].cat.remove_unused_categories().cat.categories)
     md = [

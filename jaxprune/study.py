@@ -72,7 +72,8 @@ class Phase:
     seed: the replicate's seed (its baseline's; its phases' seeds derive from it).
     retrain: how the pruned network trains again (a name in modes.RETRAINING); a
       control (reinit, shuffle) takes the masks its `retrain` twin prunes.
-    distribution: how the count is split across layers (global, uniform, erk).
+    distribution: how the count is split across layers (global, uniform, erk), or an
+      N:M pattern ("2:4", see --pattern; named "2of4" in folder names).
     rewind_epoch: weight-rewind: the baseline epoch survivors are reset to.
     home: the replicate's folder: "" for --seed's, "seed-N/" for the others.
     """
@@ -93,7 +94,7 @@ class Phase:
     def _chain(self, retrain: str) -> str:
         if self.schedule == BASELINE:
             return BASELINE
-        dist = "" if self.distribution == "global" else f"-{self.distribution}"
+        dist = "" if self.distribution == "global" else f"-{self.distribution.replace(':', 'of')}"
         mode = RETRAINING[retrain].suffix(self.rewind_epoch)
         return f"{self.schedule}-{self.method}{dist}-{target_name(self.target)}{mode}"
 
@@ -171,11 +172,38 @@ def plan(cfg: config_lib.StudyConfig, total: int, pruned: int = 0) -> list[Phase
                 for schedule in SCHEDULES.values():  # the table's order, whatever the order asked
                     if schedule.name in cfg.schedules and (schedule.modes is None or mode in schedule.modes):
                         phases += schedule.plan(Planning(cfg, total, pruned, root, new))
+                if cfg.pattern:
+                    phases += _pattern_phases(cfg, total, pruned, root, new)
             if mode == "retrain":
-                twins = [p for p in phases if p.seed == seed and p.retrain == "retrain" and p.round]
+                # A control of an N:M phase is not planned: shuffling within a layer breaks the pattern.
+                twins = [p for p in phases if p.seed == seed and p.retrain == "retrain" and p.round
+                         and not is_pattern(p.distribution)]
         for control in controls:
             phases += [dataclasses.replace(p, retrain=control) for p in twins]
-    return phases
+    # --pattern's unstructured twin is the one-shot phase at its target when --targets has it.
+    return list({p.name: p for p in phases}.values())
+
+
+def is_pattern(distribution: str) -> bool:
+    """Whether a phase's distribution is an N:M pattern ("2:4") rather than global, uniform or erk."""
+    return ":" in distribution
+
+
+def _pattern_phases(cfg: config_lib.StudyConfig, total: int, pruned: int, root: str, new) -> list[Phase]:
+    """--pattern N:M's two one-shot phases for one method: unstructured pruning (the study's
+    distribution) to the pattern's target (M - N) / M, then the pattern, whose exact count
+    (kernels.pattern_count) is a little lower where kernels cannot hold it and stay dense."""
+    if pruned:
+        raise StudyError("--pattern needs a dense baseline: an N:M pattern counts from every weight of a kernel, "
+                         "and --baseline is already pruned")
+    n, m = masks_lib.nm.parse(cfg.pattern)
+    t = (m - n) / m
+    k = kernels.pattern_count(kernels.Arch.of(cfg.train), tuple(cfg.train.exclude), cfg.pattern)
+    if k == 0:
+        raise StudyError(f"--pattern {cfg.pattern}: no prunable kernel of {cfg.train.model} has an input axis "
+                         f"that is a multiple of {m}")
+    unstructured = new("oneshot", t, 1, round(t * total), round(t * total) / total, root)
+    return [unstructured, dataclasses.replace(unstructured, distribution=cfg.pattern, count=k, sparsity=k / total)]
 
 
 def _new_phase(schedule, target, round, count, sparsity, parent, *, method, kw) -> Phase:
@@ -534,10 +562,14 @@ def phase_spec(cfg: config_lib.StudyConfig, workdir: Path, phase: Phase, parent:
     keep = (cfg.rewind_epoch,) if phase.schedule == BASELINE and wants_rewind else ()
     start = masks = None
     if parent is not None:
-        masks = parent.masks if SCHEDULES[phase.schedule].prunes_in_training else masks_lib.prune(
-            parent.params, parent.masks, phase.count, distribution=phase.distribution,
-            score=phase.method, key=pruning_key(cfg, phase),
-        )
+        if SCHEDULES[phase.schedule].prunes_in_training:
+            masks = parent.masks
+        elif is_pattern(phase.distribution):
+            masks = masks_lib.prune(parent.params, parent.masks, pattern=phase.distribution, score=phase.method,
+                                    key=pruning_key(cfg, phase))
+        else:
+            masks = masks_lib.prune(parent.params, parent.masks, phase.count, distribution=phase.distribution,
+                                    score=phase.method, key=pruning_key(cfg, phase))
         sources = Sources(
             last_lr=parent.last_lr, tag=derived_seed(phase.seed, phase.retrain, phase.chain, phase.round),
             rewind_point=lambda: _rewind_point(cfg, workdir, phase),
