@@ -33,26 +33,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 jax.config.update("jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
-# The longest tests first, so that two workers finish together rather than one waiting alone on
-# a long test at the end (CI's slow tier, in seconds on 2 cores: 408, 285, 99, 98, 92, 88, 85, 81).
-LONG_FIRST = (
-    "test_parallel.py::test_the_forced_four_device_session_passes",
-    "test_hosts.py::test_two_processes_run_one_study_survive_a_lost_host_and_match_one_process",
-    "test_study.py::test_vmapped_phases_complete_and_match_one_at_a_time",
-    "test_rundir.py::test_sigkill_at_chosen_moments_then_resume_gives_the_uninterrupted_results",
-    "test_study.py::test_smoke_study_end_to_end",
-    "test_hosts.py::test_sigterm_to_one_host_stops_both_after_the_same_epoch_and_a_rerun_completes",
-    "test_modes.py::test_every_mode_and_seed_trains_and_is_recorded",
-    "test_train.py::test_real_cifar10_width8_one_epoch_on_10k_images",
-)
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    key = lambda item: rank.get(item.nodeid.split("/")[-1], len(rank))  # noqa: E731
-    items.sort(key=key)  # stable: the rest keep their order
-
-
 def pytest_ignore_collect(collection_path, config):
     """tests/multidevice needs 4 devices, forced before JAX starts: it runs in a session
     of its own (tests/test_parallel.py starts it), never in a one-device session."""
