@@ -45,6 +45,13 @@ def abstract_params(arch: Arch) -> dict:
     return jax.eval_shape(lambda: init_variables(model, 0))["params"]
 
 
+def _prunable_shapes(arch: Arch, exclude: tuple[str, ...]) -> list[tuple[int, ...]]:
+    """The shapes of `arch`'s prunable kernels with `exclude`, in leaf order."""
+    params = abstract_params(arch)
+    flags = jax.tree.leaves(masks_lib.prunable(params, mask_filter(tuple(exclude))))
+    return [tuple(p.shape) for p, f in zip(jax.tree.leaves(params), flags) if f]
+
+
 @functools.lru_cache(maxsize=64)
 def counts(arch: Arch, exclude: tuple[str, ...] = ()) -> tuple[int, int, int]:
     """(prunable kernels, prunable weights, all parameters) of `arch` with `exclude`.
@@ -52,10 +59,9 @@ def counts(arch: Arch, exclude: tuple[str, ...] = ()) -> tuple[int, int, int]:
     ResNet18 at the write-up's width 64 and 10 classes, nothing excluded: 21
     kernels (20 conv and the dense head) holding 11,164,352 weights.
     """
-    params = abstract_params(arch)
-    flags = jax.tree.leaves(masks_lib.prunable(params, mask_filter(tuple(exclude))))
-    sizes = [math.prod(p.shape) for p in jax.tree.leaves(params)]
-    return sum(flags), sum(n for n, f in zip(sizes, flags) if f), sum(sizes)
+    shapes = _prunable_shapes(arch, exclude)
+    total = sum(math.prod(p.shape) for p in jax.tree.leaves(abstract_params(arch)))
+    return len(shapes), sum(math.prod(s) for s in shapes), total
 
 
 def exclude_problem(arch: Arch, exclude: tuple[str, ...]) -> str | None:
@@ -78,7 +84,4 @@ def pattern_count(arch: Arch, exclude: tuple[str, ...], pattern: str) -> int:
     from jaxprune.masks import nm
 
     n, m = nm.parse(pattern)
-    params = abstract_params(arch)
-    flags = jax.tree.leaves(masks_lib.prunable(params, mask_filter(tuple(exclude))))
-    shapes = [tuple(p.shape) for p, f in zip(jax.tree.leaves(params), flags) if f]
-    return sum(math.prod(s) // m * (m - n) for s in shapes if nm.ineligible(s, m) is None)
+    return sum(math.prod(s) // m * (m - n) for s in _prunable_shapes(arch, exclude) if nm.ineligible(s, m) is None)

@@ -239,6 +239,11 @@ def check(cfg) -> str | None:
     return None
 
 
+def is_pattern(distribution: str) -> bool:
+    """Whether a phase's distribution is an N:M pattern ("2:4", --pattern) rather than global, uniform or erk."""
+    return ":" in str(distribution)
+
+
 def chain_modes_of(retrain: tuple[str, ...]) -> list[str]:
     """The modes that form chains: those asked for, plus retrain when a control needs its masks."""
     chains = [m for m in retrain if not RETRAINING[m].control]

@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 
 from jaxprune import checkpoint, config as config_lib, kernels, masks as masks_lib, rundir, study
-
-KEYS = ["seed", "retrain", "distribution", "schedule", "method", "target", "round"]  # report.PHASE
+from jaxprune.report import PHASE as KEYS  # a phase's keys in results.csv
 
 
 @dataclasses.dataclass(frozen=True)

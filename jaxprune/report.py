@@ -198,15 +198,18 @@ def iterative_chain(phases: pd.DataFrame, targets: list[float] | None = None) ->
     return c[reached_before == 0].drop(columns="own")
 
 
-def final_results(phases: pd.DataFrame) -> pd.DataFrame:
+def final_results(phases: pd.DataFrame, phase_target: bool = False) -> pd.DataFrame:
     """Per seed, variant, schedule and target, the phase that is the schedule's result there:
     one-shot's phase; the iterative round that reaches the target (none if the chain has not yet);
-    other schedules' last round."""
+    other schedules' last round. `phase_target`: also a ``phase_target`` column, the phase's own
+    (for an iterative round, its chain's), which with PHASE's other keys names the phase."""
     chains = iterative_chain(phases)
-    reached = chains[chains["reached"]].assign(target=lambda c: c["for_target"])
+    reached = chains[chains["reached"]].assign(phase_target=lambda c: c["target"], target=lambda c: c["for_target"])
     others = phases[~phases["schedule"].isin(["baseline", "iterative"])].sort_values("round")
     last = others.groupby(["seed", *VARIANT, "schedule", "target"], observed=True).tail(1)
-    return pd.concat([last, reached[last.columns]], ignore_index=True)
+    last = last.assign(phase_target=last["target"])
+    out = pd.concat([last, reached[last.columns]], ignore_index=True)
+    return out if phase_target else out.drop(columns="phase_target")
 
 
 def equal_compute(phases: pd.DataFrame) -> pd.DataFrame:
@@ -658,11 +661,11 @@ def _explained(lay: _Layout, workdir: Path, outdir: Path, texts: list[str], made
     phases' saved masks, the per-layer profile and the mask overlap (see report_paired, report_masks)."""
     from jaxprune import report_masks, report_paired  # the masks' reader imports JAX and Orbax
 
-    final = final_results(lay.phases)
-    texts = texts + [t for t in (report_paired.paired_section(final, outdir, 8),
-                                 report_paired.pattern_section(final, outdir, 9)) if t]
-    more, figs = report_masks.mask_sections(workdir, lay.phases, iterative_chain, outdir, (10, 11),
-                                             f" ({lay.subject})" if lay.subject else "")
+    final = final_results(lay.phases, phase_target=True)
+    compared = report_paired.comparisons(final)
+    texts = texts + [t for t in (report_paired.paired_section(compared, outdir, 8),
+                                 report_paired.pattern_section(final, compared, outdir, 9)) if t]
+    more, figs = report_masks.mask_sections(workdir, final, outdir, (10, 11), f" ({lay.subject})" if lay.subject else "")
     return texts + more, made + figs
 
 

@@ -19,22 +19,7 @@ import numpy as np
 import pandas as pd
 
 from jaxprune import modes, phase_masks
-
-ARM = ["schedule", "method", "distribution", "retrain"]
-SCHEDULE_NAMES = {"oneshot": "one-shot"}
-
-
-def results_at_targets(phases: pd.DataFrame, iterative_chain) -> pd.DataFrame:
-    """Each schedule's result phase per seed, variant and target (as report.final_results), keeping
-    the phase's own keys: ``for_target`` is the target it is the result for."""
-    chains = iterative_chain(phases)
-    reached = chains[chains["reached"]]
-    others = phases[~phases["schedule"].isin(["baseline", "iterative"])].sort_values("round")
-    last = others.groupby(["seed", "method", "retrain", "distribution", "schedule", "target"], observed=True).tail(1)
-    out = pd.concat([last.assign(for_target=last["target"]), reached[[*last.columns, "for_target"]]], ignore_index=True)
-    for c in ("retrain", "distribution", "schedule", "method"):
-        out[c] = out[c].astype(str)
-    return out
+from jaxprune.report import SCHEDULE_NAMES
 
 
 def network_order(names) -> list[str]:
@@ -55,11 +40,14 @@ def _label(row, varying: list[str]) -> str:
     return text + "".join(f", {row[c]}" for c in varying)
 
 
-def mask_sections(workdir: Path, phases: pd.DataFrame, iterative_chain, outdir: Path, numbers: tuple[int, int],
+def mask_sections(workdir: Path, final: pd.DataFrame, outdir: Path, numbers: tuple[int, int],
                   suffix: str = "") -> tuple[list[str], list[Path]]:
-    """Writes the per-layer profile and the overlap (CSV, markdown, figure) for the study in `workdir`;
-    returns (markdown texts, figure paths), both empty when no phase's masks can be read."""
-    wanted = results_at_targets(phases, iterative_chain)
+    """Writes the per-layer profile and the overlap (CSV, markdown, figure) for the study in `workdir`,
+    of the results in `final` (report.final_results with phase_target); returns (markdown texts,
+    figure paths), both empty when no phase's masks can be read."""
+    # Each result's phase keys, and ``for_target``: the target it is the result for.
+    wanted = final.rename(columns={"target": "for_target", "phase_target": "target"})
+    wanted = wanted.astype({c: str for c in ("retrain", "distribution", "schedule", "method")})
     if wanted.empty or not (Path(workdir) / "config.json").is_file():
         return [], []  # no pruned result, or a results.csv away from its study
     found, missing = phase_masks.study_masks(workdir, wanted)
@@ -91,9 +79,10 @@ def _profile(found, keyed: pd.DataFrame, outdir: Path, number: int, suffix: str)
     prof.sort_values(["for_target", "arm", "seed", "position"]).to_csv(
         outdir / f"table{number}_layer_sparsity.csv", index=False, float_format="%.6f")
     mean = prof.groupby(["for_target", "arm", "position", "layer"], sort=True)["sparsity"].mean().reset_index()
-    mean = mean.assign(order=mean["arm"].map({a: i for i, a in enumerate(_arms(keyed))})).sort_values(["order", "position"])
+    arms = _arms(keyed)
+    mean = mean.assign(order=mean["arm"].map({a: i for i, a in enumerate(arms)})).sort_values(["order", "position"])
     targets = sorted(mean["for_target"].unique())
-    colors = {a: f"C{i % 10}" for i, a in enumerate(_arms(keyed))}  # one colour per arm in every panel
+    colors = {a: f"C{i % 10}" for i, a in enumerate(arms)}  # one colour per arm in every panel
     fig, axes = plt.subplots(len(targets), 1, figsize=(max(8, 0.35 * len(layers)), 2.8 * len(targets) + 1.5),
                              squeeze=False, sharex=True)
     for ax, t in zip(axes[:, 0], targets):

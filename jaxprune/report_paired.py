@@ -20,13 +20,10 @@ from pathlib import Path
 import pandas as pd
 
 from jaxprune import paired
+from jaxprune.modes import is_pattern as _is_pattern
+from jaxprune.report import SCHEDULE_NAMES
 
 GAPS = (0.2, 0.5)  # percentage points
-SCHEDULE_NAMES = {"oneshot": "one-shot"}
-
-
-def _is_pattern(distribution) -> bool:
-    return ":" in str(distribution)
 
 
 def _name(schedule) -> str:
@@ -91,9 +88,9 @@ def _seeds(x) -> str:
     return "" if x is None or pd.isna(x) else f"{int(x)}"
 
 
-def paired_section(final: pd.DataFrame, outdir: Path, number: int) -> str:
-    """Writes table<number>_paired.csv and .md; returns the markdown ("" without a comparison)."""
-    c = comparisons(final)
+def paired_section(c: pd.DataFrame, outdir: Path, number: int) -> str:
+    """Writes `comparisons`' table `c` as table<number>_paired.csv and .md; returns the markdown
+    ("" without a comparison)."""
     if c.empty:
         return ""
     c.drop(columns="verdict").to_csv(outdir / f"table{number}_paired.csv", index=False, float_format="%.4f")
@@ -118,9 +115,10 @@ def paired_section(final: pd.DataFrame, outdir: Path, number: int) -> str:
     return text
 
 
-def pattern_section(final: pd.DataFrame, outdir: Path, number: int) -> str:
+def pattern_section(final: pd.DataFrame, compared: pd.DataFrame, outdir: Path, number: int) -> str:
     """Table <number>: each N:M pattern against unstructured one-shot pruning at its target, with the
-    sparsity each reached (kernels that cannot hold the pattern stay dense). "" without a pattern."""
+    sparsity each reached (kernels that cannot hold the pattern stay dense), and `compared`'s (the
+    `comparisons` of `final`) verdicts on them. "" without a pattern."""
     f = final[final["schedule"] == "oneshot"].copy()
     f["distribution"] = f["distribution"].astype(str)
     pat = f[f["distribution"].map(_is_pattern)]
@@ -131,8 +129,7 @@ def pattern_section(final: pd.DataFrame, outdir: Path, number: int) -> str:
     s = arms.groupby(keys, observed=True).agg(sparsity=("sparsity", "mean"), mean=("acc", "mean"), std=("acc", "std"),
                                               n=("acc", "count")).reset_index()
     s.to_csv(outdir / f"table{number}_pattern.csv", index=False, float_format="%.4f")
-    diffs = comparisons(final)
-    diffs = diffs[diffs["kind"] == "pattern"]
+    diffs = compared[compared["kind"] == "pattern"]
     several = s["n"].max() > 1
     rows = ["| method | arm | target (%) | reached (%) | max test (%) |", "|---|---|---|---|---|"]
     s = s.assign(is_pattern=s["distribution"].map(_is_pattern))

@@ -41,7 +41,7 @@ import jax
 from jaxprune import checkpoint, config as config_lib, data, hosts, kernels, loop, masks as masks_lib, rundir, train
 from jaxprune.faults import fault_point
 from jaxprune.models import init_variables
-from jaxprune.modes import RETRAINING, SCHEDULES, Planning, Sources, Start, StudyError, chain_modes_of
+from jaxprune.modes import RETRAINING, SCHEDULES, Planning, Sources, Start, StudyError, chain_modes_of, is_pattern
 
 RESULT_FIELDS = (
     "model", "data",  # the network (--model) and the data set's name (--data's kind, e.g. cifar10)
@@ -182,11 +182,6 @@ def plan(cfg: config_lib.StudyConfig, total: int, pruned: int = 0) -> list[Phase
             phases += [dataclasses.replace(p, retrain=control) for p in twins]
     # --pattern's unstructured twin is the one-shot phase at its target when --targets has it.
     return list({p.name: p for p in phases}.values())
-
-
-def is_pattern(distribution: str) -> bool:
-    """Whether a phase's distribution is an N:M pattern ("2:4") rather than global, uniform or erk."""
-    return ":" in distribution
 
 
 def _pattern_phases(cfg: config_lib.StudyConfig, total: int, pruned: int, root: str, new) -> list[Phase]:

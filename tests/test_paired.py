@@ -86,11 +86,13 @@ def test_the_paired_and_pattern_tables_are_written(tmp_path):
     rows = [(s, "oneshot", m, d, 0.5, 90.0 + s + (d == "2:4") * 0.5 * s) for s in range(3)
             for m in ("magnitude", "random") for d in ("global", "2:4")]
     final = _final(rows)
-    text = report_paired.paired_section(final, tmp_path, 8)
+    compared = report_paired.comparisons(final)
+    text = report_paired.paired_section(compared, tmp_path, 8)
     assert "- 2:4 − unstructured at 50% (magnitude): +0.50 pp [-0.74, 1.74], n=3" in text, text
     assert "| 2:4 − unstructured at 50% (random) | 0.50 |" in text  # sd of (0, 0.5, 1)
-    table = report_paired.pattern_section(final, tmp_path, 9)
+    table = report_paired.pattern_section(final, compared, tmp_path, 9)
     assert "| magnitude | unstructured (global) | 50 | 50.00 | 91.00 ± 1.00 (n=3) |" in table, table
     assert "| magnitude | 2:4 | 50 | 50.00 | 91.50 ± 1.50 (n=3) |" in table, table
     assert (tmp_path / "table8_paired.csv").is_file() and (tmp_path / "table9_pattern.csv").is_file()
-    assert report_paired.pattern_section(final[final["distribution"] == "global"], tmp_path, 9) == ""
+    plain = final[final["distribution"] == "global"]
+    assert report_paired.pattern_section(plain, report_paired.comparisons(plain), tmp_path, 9) == ""
