@@ -23,18 +23,33 @@ _FROM_MASKS = frozenset({
 })
 
 
+
+
+def _submodules() -> list[str]:
+    """The public submodules and subpackages, found on disk (nothing is imported)."""
+    import pkgutil
+
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
 def __getattr__(name: str):
+    # PEP 562 serves submodules too: `import jaxprune; jaxprune.masks.prune(...)`, as
+    # an eager import would, without importing JAX before the CLI installs its handlers.
     if name in _FROM_MASKS:
         from jaxprune import masks
 
         value = getattr(masks, name)
         globals()[name] = value
         return value
+    if not name.startswith("_") and name in _submodules():
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")  # binds itself as an attribute
     raise AttributeError(f"module 'jaxprune' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted({*globals(), *_FROM_MASKS})
+    return sorted({*globals(), *_FROM_MASKS, *_submodules()})
 
 
 __all__ = [

@@ -1,0 +1,54 @@
+"""The public names users and README rely on, each checked in a fresh interpreter.
+
+`import jaxprune` must stay light (no JAX: the command line installs its signal
+handlers first) and still give every public submodule as an attribute (PEP 562).
+"""
+
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jaxprune
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fresh(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_every_public_submodule_is_an_attribute_after_import_jaxprune():
+    names = sorted(m.name for m in pkgutil.iter_modules(jaxprune.__path__) if not m.name.startswith("_"))
+    assert {"masks", "models", "data", "export", "api", "paired", "checkpoint", "config"} <= set(names)
+    got = json.loads(_fresh(f"""
+import json, sys, types, jaxprune
+light = "jax" not in sys.modules
+kinds = {{n: isinstance(getattr(jaxprune, n), types.ModuleType) for n in {names!r}}}
+print(json.dumps({{"light": light, "kinds": kinds, "dir": sorted(dir(jaxprune))}}))
+"""))
+    assert got["light"], "import jaxprune imported JAX"
+    assert got["kinds"] == {n: True for n in names}
+    assert set(names) <= set(got["dir"])
+
+
+def test_the_names_readme_and_examples_use():
+    _fresh("""
+import jaxprune
+jaxprune.masks.polynomial_sparsity
+for n in jaxprune.__all__:
+    getattr(jaxprune, n)
+jaxprune.models.ResNet18, jaxprune.models.init_variables, jaxprune.models.register
+jaxprune.data.register_source, jaxprune.data.register_arrays, jaxprune.data.Dataset
+jaxprune.export.export, jaxprune.api.run_study, jaxprune.config.study_preset
+jaxprune.paired, jaxprune.checkpoint
+try:
+    jaxprune.no_such_module
+except AttributeError as e:
+    assert "no_such_module" in str(e)
+else:
+    raise AssertionError("a missing name must raise AttributeError")
+""")
