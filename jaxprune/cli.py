@@ -127,18 +127,17 @@ def default_study_workdir(cfg: config_lib.StudyConfig) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jaxprune import hosts, loop
-
-    from jaxprune import train
+    from jaxprune import hosts, loop, train
 
     cfg = train_config(args).validate()
     workdir = Path(args.workdir) if args.workdir else default_train_workdir(cfg)
     dataset = data_lib.load(cfg.data).prepared(cfg)  # idempotent: the loop keeps it as it is
     images = train.images_per_epoch(cfg, len(dataset.train_labels))
     # Without a progress bar, one line per epoch: where it is, how fast, how long to go.
-    say = (lambda row: print(epoch_line(workdir.name, row, cfg.epochs, images), flush=True)) \
-        if not cfg.progress and hosts.primary() else None
-    result = loop.train_and_evaluate(cfg, workdir, dataset=dataset, on_epoch=say)
+    lines = not cfg.progress and hosts.primary()
+    say = (lambda row: print(epoch_line(workdir.name, row, cfg.epochs, images), flush=True)) if lines else None
+    compiled = (lambda s: print(f"{workdir.name}: compiled in {s:.1f} s", flush=True)) if lines else None
+    result = loop.train_and_evaluate(cfg, workdir, dataset=dataset, on_epoch=say, on_compiled=compiled)
     last = result.history[-1]
     if loop.stopped_by_divergence(cfg, result.history):
         print(f"jaxprune train: {workdir} diverged at epoch {last['epoch']} (training loss {last['train_loss']}); "
@@ -157,7 +156,7 @@ def epoch_line(name: str, row: dict, epochs: int, images: int) -> str:
     from jaxprune import study
 
     seconds = max(row["seconds"], 1e-9)
-    left = (epochs - row["epoch"]) * seconds  # at this epoch's pace (the first includes compiling)
+    left = (epochs - row["epoch"]) * seconds  # at this epoch's pace (compiling is counted apart)
     return (f"{name}: epoch {row['epoch']}/{epochs}, loss {row['train_loss']:.4f}, test {100 * row['test_acc']:.2f}%, "
             f"{seconds:.1f} s ({images / seconds:,.0f} images/s), about {study.duration(left)} left")
 

@@ -156,9 +156,8 @@ class _Flight:
     epoch: int
     snapshots: list[train.TrainState]  # each member's final state, safe from donation
     metrics: dict[str, jax.Array]
-    dispatched_at: float
-    trace: dict[str, float] | None = None
-    watcher: threading.Thread | None = None  # sets trace['ready']
+    trace: dict[str, float]  # host times (time.perf_counter) of dispatch start and end, and of results ready
+    watcher: threading.Thread  # sets trace['ready'] the moment the epoch's results are ready
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -185,11 +184,11 @@ class _Group:
     the epoch in flight. `run` trains them to the end or to an agreed stop."""
 
     def __init__(self, runs: list[_Run], fns: train.StepFns, mesh, dataset: data.Dataset, *, run_axis: int,
-                 n_steps: int, bar, on_epoch, trace):
+                 n_steps: int, bar, on_epoch, trace, on_compiled=None):
         self.runs, self.fns, self.mesh, self.run_axis, self.n_steps = runs, fns, mesh, run_axis, n_steps
         self.batched = run_axis > 1
         self.cfg = runs[0].cfg
-        self.bar, self.on_epoch, self.trace = bar, on_epoch, trace
+        self.bar, self.on_epoch, self.trace, self.on_compiled = bar, on_epoch, trace, on_compiled
         # The whole data set lives on every device; batches are gathered there.
         self.train_x, self.train_y, self.test_x, self.test_y = devices.put_replicated(
             (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels), mesh
@@ -198,12 +197,29 @@ class _Group:
             (dataset.val_images, dataset.val_labels), mesh)
         self.prunable = kernels.counts(kernels.Arch.of(self.cfg), tuple(self.cfg.exclude))[1]
         self.images = train.images_per_epoch(self.cfg, len(dataset.train_labels))
-        self.last_ready = time.perf_counter()  # when the previous epoch's results were read
+        # When the previous epoch's results were ready (None: no epoch yet). An epoch's
+        # seconds run from there to its own results, so they add up to the loop's wall
+        # time, whichever epoch a blocking dispatch or a checkpoint write delayed.
+        self.last_ready: float | None = None
+        self.compiled = False
+
+    def _compile(self, epoch: int, state) -> None:
+        """Compiles the epoch's programs before the first epoch starts, and says how long it took."""
+        t0 = time.perf_counter()
+        self.fns.compile_epoch(state, self.train_x, self.train_y, epoch,
+                               [(self.test_x, self.test_y), *([self.val] if self.val is not None else [])])
+        self.compiled = True
+        if self.on_compiled:
+            self.on_compiled(time.perf_counter() - t0)
 
     def dispatch(self, members: tuple[int, ...], epoch: int, state) -> tuple[Any, _Flight]:
         """Queues one epoch and its evaluation for `members` (their state, stacked when
         batched); returns the state the next epoch consumes and the flight to finish."""
+        if not self.compiled:
+            self._compile(epoch, state)
         t0 = time.perf_counter()
+        if self.last_ready is None:
+            self.last_ready = t0
         fns = self.fns
         state, train_m = fns.train_epoch(state, self.train_x, self.train_y, epoch)
         test_m = fns.evaluate(state.params, state.batch_stats, state.masks, self.test_x, self.test_y)
@@ -211,10 +227,9 @@ class _Group:
             val_m = fns.evaluate(state.params, state.batch_stats, state.masks, *self.val)
             test_m = {**test_m, "val_loss": val_m["test_loss"], "val_acc": val_m["test_acc"]}
         snapshots = _snapshots(state, len(members) if self.batched else None, self.mesh)
-        flight = _Flight(members, epoch, snapshots, {**train_m, **test_m}, t0)
-        if self.trace is not None:
-            flight.trace = {"epoch": epoch, "dispatch_start": t0, "dispatch_end": time.perf_counter()}
-            _watch_ready(flight)
+        metrics = {**train_m, **test_m}
+        trace = {"epoch": epoch, "dispatch_start": t0, "dispatch_end": time.perf_counter()}
+        flight = _Flight(members, epoch, snapshots, metrics, trace, _watch_ready(metrics, trace))
         for i in members:
             self.runs[i].dispatched = epoch
         return state, flight
@@ -223,9 +238,10 @@ class _Group:
         """Reads a flight's metrics (the epoch's one host sync), then saves and logs each
         member's epoch, and stops the members that diverged."""
         metrics = hosts.to_host(flight.metrics)
-        now = time.perf_counter()
-        seconds = (now - max(flight.dispatched_at, self.last_ready)) / len(flight.members)
-        self.last_ready = now
+        flight.watcher.join()
+        ready = flight.trace["ready"]
+        seconds = (ready - self.last_ready) / len(flight.members)
+        self.last_ready = ready
         row = None
         for j, (i, state) in enumerate(zip(flight.members, flight.snapshots)):
             run = self.runs[i]
@@ -244,9 +260,8 @@ class _Group:
             self.bar.update(1)
         if row is not None:
             self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{100 * row['test_acc']:.2f}%",
-                                 img_s=f"{self.images / max(row['seconds'], 1e-9):,.0f}")
+                                 img_s=f"{row['images_per_s']:,.0f}")
         if self.trace is not None:
-            flight.watcher.join()
             self.trace.append(flight.trace)
 
     def _row(self, epoch: int, m: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -259,6 +274,7 @@ class _Group:
             "val_loss": None, "val_acc": None,
             **{k: float(v) for k, v in m.items()},
             "seconds": seconds,
+            "images_per_s": self.images / max(seconds, 1e-9),
         }
 
     def next_epoch(self) -> tuple[int, tuple[int, ...]] | None:
@@ -330,6 +346,7 @@ def train_runs(
     on_epoch: Callable[[RunSpec, dict[str, Any]], None] | None = None,
     run_axis: int | None = None,
     trace: list[dict[str, float]] | None = None,
+    on_compiled: Callable[[float], None] | None = None,
 ) -> list[RunResult]:
     """Trains several independent runs at once, `jax.vmap`ped over a run axis of `run_axis`
     (default: the number of runs; fewer runs are padded with throwaway copies).
@@ -341,7 +358,8 @@ def train_runs(
     so with a fixed run_axis results depend neither on grouping nor on crashes;
     run_axis=1 is the plain program `train_and_evaluate` runs. trace, when given,
     receives each epoch's host times of dispatch and of results ready (the device-idle
-    benchmark). Raises interrupt.Interrupted, after saving the epoch in flight, when a
+    benchmark). on_compiled, when given, is called with the seconds spent compiling
+    before the first epoch (excluded from every epoch's seconds). Raises interrupt.Interrupted, after saving the epoch in flight, when a
     stop was requested (see `interrupt.stop_at_safe_points`).
     """
     if not specs:
@@ -357,19 +375,26 @@ def train_runs(
         # Each claims its directory only now, so bad input writes nothing.
         runs = [_Run(spec, tx, mesh, stack, fingerprint) for spec in specs]
         group = _Group(runs, fns, mesh, dataset, run_axis=run_axis, n_steps=n_steps,
-                       bar=stack.enter_context(_progress(cfg, runs)), on_epoch=on_epoch, trace=trace)
+                       bar=stack.enter_context(_progress(cfg, runs)), on_epoch=on_epoch, trace=trace,
+                       on_compiled=on_compiled)
         if (stopping := group.run()) is not None:
             raise interrupt.Interrupted(stopping)
     return [RunResult(r.state, r.history) for r in runs]
 
 
-def _watch_ready(flight: _Flight) -> None:
-    def wait():
-        jax.block_until_ready(flight.metrics)
-        flight.trace["ready"] = time.perf_counter()
+def _watch_ready(metrics, trace: dict[str, float]) -> threading.Thread:
+    """A thread that sets trace['ready'] when `metrics` are computed: the device's own
+    finish time, not when the host gets round to reading them."""
 
-    flight.watcher = threading.Thread(target=wait, daemon=True)
-    flight.watcher.start()
+    def wait():
+        try:
+            jax.block_until_ready(metrics)
+        finally:  # a failed epoch is read (and raised) by the host; its time is moot
+            trace["ready"] = time.perf_counter()
+
+    watcher = threading.Thread(target=wait, daemon=True)
+    watcher.start()
+    return watcher
 
 
 def train_and_evaluate(
@@ -381,6 +406,7 @@ def train_and_evaluate(
     masks: Any = None,
     meta: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_compiled: Callable[[float], None] | None = None,
 ) -> RunResult:
     """Trains for cfg.epochs in `workdir`, checkpointing every epoch; a rerun resumes.
 
@@ -392,10 +418,11 @@ def train_and_evaluate(
       masks: pruning masks to train under (else all kept).
       meta: extra JSON saved in every checkpoint's metadata (e.g. the pruning round).
       on_epoch: called with each new epoch's metrics row.
+      on_compiled: called with the seconds spent compiling before the first epoch.
     """
     spec = RunSpec(cfg, Path(workdir), start, masks, meta)
     callback = (lambda _, row: on_epoch(row)) if on_epoch else None
-    return train_runs([spec], dataset=dataset, on_epoch=callback)[0]
+    return train_runs([spec], dataset=dataset, on_epoch=callback, on_compiled=on_compiled)[0]
 
 
 @contextlib.contextmanager

@@ -32,8 +32,10 @@ LOCK, CONFIG = ".lock", "config.json"
 # val_loss and val_acc are empty unless the run holds out a validation split.
 METRIC_FIELDS = (
     "epoch", "step", "lr", "sparsity", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
-    "seconds",
+    "seconds", "images_per_s",
 )
+# The fields that measure time, not results: they differ between equal runs.
+TIMING_FIELDS = ("seconds", "images_per_s")
 
 
 class RunDirError(UserError):

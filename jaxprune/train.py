@@ -177,6 +177,7 @@ class StepFns(NamedTuple):
     epoch_batches: Callable  # (state, epoch, n) -> (full, rest) indices
     evaluate: Callable  # (params, batch_stats, masks, images, labels) -> metrics
     train_step: Callable  # (state, images, labels) -> (state, (loss_sum, correct))
+    compile_epoch: Callable  # (state, images, labels, epoch, eval_sets) -> None; see `compile_epoch`
 
 
 def dispatch_steps(cfg: config_lib.TrainConfig, steps: int) -> int:
@@ -350,6 +351,20 @@ def over_runs(mesh, f: Callable, in_axes: tuple) -> Callable:
     return g
 
 
+def _epoch_chunks(batches_fn: Callable, cfg: config_lib.TrainConfig, state: TrainState, n: int, epoch):
+    """An epoch's batches of indices, one array per dispatch of the chunk function,
+    and the number of images they hold."""
+    full, rest = batches_fn(state, epoch, n)  # (steps, batch) and (rest,), each with a leading run axis when vmapped
+    steps = full.shape[-2]
+    chunk = dispatch_steps(cfg, steps)
+    seen = steps * cfg.batch_size
+    chunks = [full[..., start : start + chunk, :] for start in range(0, steps, chunk)]
+    if rest is not None:
+        chunks.append(rest[..., None, :])
+        seen += rest.shape[-1]
+    return chunks, seen
+
+
 def train_epoch(batches_fn: Callable, chunk_fn: Callable, cfg: config_lib.TrainConfig, state: TrainState,
                 images, labels, epoch: int):
     """One pass over a fresh permutation: every image, unless cfg.drop_last (host side).
@@ -358,19 +373,25 @@ def train_epoch(batches_fn: Callable, chunk_fn: Callable, cfg: config_lib.TrainC
     partial last batch as one step of its own shape (a second compilation);
     metrics stay on the device until the caller reads them.
     """
-    n = images.shape[0]
-    full, rest = batches_fn(state, epoch, n)  # (steps, batch) and (rest,), each with a leading run axis when vmapped
-    steps = full.shape[-2]
-    chunk = dispatch_steps(cfg, steps)
-    loss_sum, correct, seen = 0.0, 0, steps * cfg.batch_size
-    chunks = [full[..., start : start + chunk, :] for start in range(0, steps, chunk)]
-    if rest is not None:
-        chunks.append(rest[..., None, :])
-        seen += rest.shape[-1]
+    chunks, seen = _epoch_chunks(batches_fn, cfg, state, images.shape[0], epoch)
+    loss_sum, correct = 0.0, 0
     for batches in chunks:
         state, l, c = chunk_fn(state, images, labels, batches)
         loss_sum, correct = loss_sum + l, correct + c
     return state, {"train_loss": loss_sum / seen, "train_acc": correct / seen}
+
+
+def compile_epoch(batches_fn: Callable, chunk_fn: Callable, evaluate_fn: Callable, cfg: config_lib.TrainConfig,
+                  state: TrainState, images, labels, epoch: int, eval_sets=()) -> None:
+    """Compiles (without running) every program an epoch of `train_epoch` and its
+    evaluations on `eval_sets` ((images, labels) pairs) will run, so that the first
+    epoch's time is training, not compilation. The jitted functions keep what is
+    compiled here; their calls then find it."""
+    chunks, _ = _epoch_chunks(batches_fn, cfg, state, images.shape[0], epoch)
+    for batches in {b.shape: b for b in chunks}.values():
+        chunk_fn.lower(state, images, labels, batches).compile()
+    for x, y in eval_sets:
+        evaluate_fn.lower(state.params, state.batch_stats, state.masks, x, y).compile()
 
 
 def make_step_fns(
@@ -399,9 +420,11 @@ def make_step_fns(
         static_argnums=2,
     )
     chunk_fn = jax.jit(fns["train_chunk"], donate_argnums=0)
+    evaluate_fn = jax.jit(fns["evaluate"])
     return StepFns(
         train_epoch=bind(train_epoch, batches_fn, chunk_fn, cfg), train_chunk=chunk_fn, epoch_batches=batches_fn,
-        evaluate=jax.jit(fns["evaluate"]), train_step=jax.jit(fns["train_step"]),
+        evaluate=evaluate_fn, train_step=jax.jit(fns["train_step"]),
+        compile_epoch=bind(compile_epoch, batches_fn, chunk_fn, evaluate_fn, cfg),
     )
 
 

@@ -28,7 +28,7 @@ def read_rows(path):
 
 
 def strip(rows):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in rundir.TIMING_FIELDS} for r in rows]
 
 
 def wait_for(predicate, timeout, proc=None, what="condition"):

@@ -1,10 +1,12 @@
 """The masked train step, evaluation, checkpoints, resume and the smoke preset."""
 
+import csv
 import dataclasses
 import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -107,7 +109,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path, tiny_setup):
     resumed = loop.train_and_evaluate(cfg, tmp_path / "resumed", dataset=ds)
     for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(a, b)
-    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in r.items() if k not in rundir.TIMING_FIELDS} for r in h]  # noqa: E731
     assert strip(whole.history) == strip(resumed.history)
     lines = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
     assert len(lines) == 1 + 3 and lines[0].startswith("epoch,step,lr")
@@ -291,7 +293,7 @@ def test_bfloat16_run_trains_resumes_and_evaluates(tmp_path, tiny_setup):
         loop.train_and_evaluate(cfg, tmp_path / "cut", dataset=ds, on_epoch=crash)
     resumed = loop.train_and_evaluate(cfg, tmp_path / "cut", dataset=ds)
     assert whole.state.params["head"]["kernel"].dtype == jnp.float32  # parameters stay float32
-    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in r.items() if k not in rundir.TIMING_FIELDS} for r in h]  # noqa: E731
     assert strip(whole.history) == strip(resumed.history)
     for x, y in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(x, y)
@@ -323,3 +325,42 @@ def test_deterministic_flag_reaches_xla_and_runs(tmp_path):
     assert "--xla_gpu_deterministic_ops=true" in flags and "--xla_gpu_exclude_nondeterministic_ops=true" in flags
     assert any("train_chunk" in p.name or "jit_" in p.name for p in dumps.iterdir())  # XLA read them in time
     assert len(rundir.read_metrics(workdir)) == 1
+
+
+@pytest.mark.slow
+def test_each_epoch_is_timed_from_its_own_start_to_its_own_results(tmp_path, tiny_setup, monkeypatch):
+    # A host that is slow to start epoch 2 (a stall of STALL seconds once epoch 1's
+    # results are ready): the time is epoch 2's, not epoch 1's. Compilation is counted
+    # apart, so epoch 1 is only its own (tiny) work. Before, on the CPU, where
+    # dispatching an epoch mostly runs it, epoch 1 was charged until the host read its
+    # metrics: after epoch 2's dispatch, stall included.
+    STALL = 2.0
+    cfg, _, ds = tiny_setup
+    real = train.step_fns_for
+    latest = {}
+
+    def stalling(*a, **k):
+        fns = real(*a, **k)
+
+        def evaluate(*args):
+            latest["metrics"] = out = fns.evaluate(*args)
+            return out
+
+        def train_epoch(state, images, labels, epoch):
+            if epoch == 2:
+                jax.block_until_ready(latest["metrics"])  # epoch 1 is over
+                time.sleep(STALL)
+            return fns.train_epoch(state, images, labels, epoch)
+
+        return fns._replace(evaluate=evaluate, train_epoch=train_epoch)
+
+    monkeypatch.setattr(train, "step_fns_for", stalling)
+    compiled = []
+    result = loop.train_and_evaluate(cfg, tmp_path / "run", dataset=ds, on_compiled=compiled.append)
+    seconds = [r["seconds"] for r in result.history]
+    assert len(compiled) == 1 and compiled[0] > 0
+    assert seconds[1] >= 0.9 * STALL, seconds
+    assert seconds[0] < 0.9 * STALL and seconds[2] < 0.9 * STALL, seconds
+    images = train.images_per_epoch(cfg, len(ds.train_labels))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [float(r["images_per_s"]) for r in rows] == pytest.approx([images / s for s in seconds])
