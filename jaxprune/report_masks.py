@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from jaxprune import modes, phase_masks
+from jaxprune.faults import fault_point
 from jaxprune.report import SCHEDULE_NAMES
 
 
@@ -46,6 +47,8 @@ def mask_sections(workdir: Path, final: pd.DataFrame, outdir: Path, numbers: tup
     of the results in `final` (report.final_results with phase_target); returns (markdown texts,
     figure paths), both empty when no phase's masks can be read."""
     # Each result's phase keys, and ``for_target``: the target it is the result for.
+    if {*phase_masks.KEYS, "phase_target"} - set(final.columns):
+        return [], []  # not this module's results frame: nothing to look up
     wanted = final.rename(columns={"target": "for_target", "phase_target": "target"})
     wanted = wanted.astype({c: str for c in ("retrain", "distribution", "schedule", "method")})
     if wanted.empty or not (Path(workdir) / "config.json").is_file():
@@ -100,6 +103,7 @@ def _profile(found, keyed: pd.DataFrame, outdir: Path, number: int, suffix: str)
     path = outdir / "layer_sparsity.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+    fault_point("report-file")
     # Markdown: the emptiest and the fullest layer of each result (the whole profile is in the CSV).
     lines = [f"**Table {number}: per-layer sparsity (%), the most and least pruned layer of each result; "
              f"every layer in table{number}_layer_sparsity.csv and the figure**", "",
@@ -157,6 +161,7 @@ def _overlap(found, keyed: pd.DataFrame, outdir: Path, number: int, suffix: str)
     path = outdir / "mask_overlap.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+    fault_point("report-file")
     text = "\n".join(lines) + "\n"
     (outdir / f"table{number}_overlap.md").write_text(text)
     return text, path

@@ -24,10 +24,20 @@ from jaxprune.modes import is_pattern as _is_pattern
 from jaxprune.report import SCHEDULE_NAMES
 
 GAPS = (0.2, 0.5)  # percentage points
+# The columns of report.final_results each section reads: without one, the section is not made.
+PAIRED_COLUMNS = ("seed", "schedule", "method", "retrain", "distribution", "target", "max_test")
+PATTERN_COLUMNS = (*PAIRED_COLUMNS, "sparsity")
+ARMS = ("oneshot", "iterative")  # the schedules compared seed by seed
 
 
 def _name(schedule) -> str:
     return SCHEDULE_NAMES.get(str(schedule), str(schedule))
+
+
+def _patterned(frame: pd.DataFrame) -> pd.Series:
+    """Which rows hold an N:M pattern's result (bool even for no rows: an empty object
+    Series would select columns, not rows)."""
+    return frame["distribution"].astype(str).map(_is_pattern).astype(bool)
 
 
 def _acc(frame: pd.DataFrame) -> pd.Series:
@@ -38,12 +48,16 @@ def _acc(frame: pd.DataFrame) -> pd.Series:
 def comparisons(final: pd.DataFrame) -> pd.DataFrame:
     """One row per paired comparison of `final` (report.final_results): ``kind``, ``label``, ``target``,
     ``n`` (seeds with both arms), ``mean``, ``ci95_low``, ``ci95_high``, ``sd`` (pp), ``verdict``, and
-    ``seeds_for_<gap>pp`` (None where the sd is unknown)."""
+    ``seeds_for_<gap>pp`` (None where the sd is unknown). No rows when nothing can be compared."""
+    cols = ["kind", "label", "target", "n", "mean", "ci95_low", "ci95_high", "sd", "verdict",
+            *(f"seeds_for_{g:g}pp" for g in GAPS)]
+    if set(PAIRED_COLUMNS) - set(final.columns):
+        return pd.DataFrame(columns=cols)
     f = final[final["schedule"] != "baseline"].copy()
     for c in ("method", "retrain", "distribution", "schedule"):
         f[c] = f[c].astype(str)
     # Only what varies names a comparison; a --pattern arm is not another distribution of the study's.
-    plain = f[~f["distribution"].map(_is_pattern)]
+    plain = f[~_patterned(f)]
     several = {c: (plain if c == "distribution" else f)[c].nunique() > 1 for c in ("method", "retrain", "distribution")}
     rows = []
 
@@ -66,10 +80,10 @@ def comparisons(final: pd.DataFrame) -> pd.DataFrame:
         if len(one) and len(it):
             add("schedule", "iterative − one-shot", target, one, it,
                 {"method": method, "retrain": retrain, "distribution": dist})
-    patterns = f[f["distribution"].map(_is_pattern)]
+    patterns = f[_patterned(f)]
     for (method, retrain, pattern, target), g in patterns.groupby(["method", "retrain", "distribution", "target"], sort=True):
         plain = f[(f["method"] == method) & (f["retrain"] == retrain) & (f["schedule"] == "oneshot")
-                  & (f["target"] == target) & ~f["distribution"].map(_is_pattern)]
+                  & (f["target"] == target) & ~_patterned(f)]
         for dist, u in plain.groupby("distribution", sort=True):
             add("pattern", f"{pattern} − {dist if dist != 'global' else 'unstructured'}", target, u, g,
                 {"method": method, "retrain": retrain})
@@ -79,9 +93,24 @@ def comparisons(final: pd.DataFrame) -> pd.DataFrame:
             if len(base):
                 add("retraining", f"{mode} − retrain, {_name(schedule)}", target, base, other,
                     {"method": method, "distribution": dist})
-    cols = ["kind", "label", "target", "n", "mean", "ci95_low", "ci95_high", "sd", "verdict",
-            *(f"seeds_for_{g:g}pp" for g in GAPS)]
     return pd.DataFrame(rows, columns=cols)
+
+
+def not_compared(final: pd.DataFrame) -> list[str]:
+    """The iterative − one-shot comparisons the study plans but cannot make: a target where one
+    schedule has a result and the other, which the study runs, has none (it diverged, descends
+    from a phase that did, or has not reached the target yet)."""
+    if set(PAIRED_COLUMNS) - set(final.columns):
+        return []
+    f = final[final["schedule"].astype(str).isin(ARMS)].astype({"schedule": str})
+    if f["schedule"].nunique() < 2:
+        return []
+    out = []
+    for (method, retrain, dist, target), g in f.groupby(["method", "retrain", "distribution", "target"],
+                                                        sort=True, observed=True):
+        for arm in sorted(set(ARMS) - set(g["schedule"])):
+            out.append(f"iterative − one-shot at {100 * target:g}% ({method}, {retrain}, {dist}): no {_name(arm)} result")
+    return out
 
 
 def _seeds(x) -> str:
@@ -119,9 +148,11 @@ def pattern_section(final: pd.DataFrame, compared: pd.DataFrame, outdir: Path, n
     """Table <number>: each N:M pattern against unstructured one-shot pruning at its target, with the
     sparsity each reached (kernels that cannot hold the pattern stay dense), and `compared`'s (the
     `comparisons` of `final`) verdicts on them. "" without a pattern."""
+    if set(PATTERN_COLUMNS) - set(final.columns):
+        return ""
     f = final[final["schedule"] == "oneshot"].copy()
     f["distribution"] = f["distribution"].astype(str)
-    pat = f[f["distribution"].map(_is_pattern)]
+    pat = f[_patterned(f)]
     if pat.empty:
         return ""
     keys = ["method", "retrain", "distribution", "target"]

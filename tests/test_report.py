@@ -289,3 +289,61 @@ def test_a_torn_row_is_rebuilt_from_the_phases_logs(tmp_path, monkeypatch, capsy
     df = report.read_results(tmp_path)
     assert written == [tmp_path] and "is damaged (row 3 is incomplete); rebuilt it" in capsys.readouterr().err
     assert df["test_acc"].tolist() == [0.5, 0.9] and df["seed"].tolist() == [0, 0] and df["retrain"].tolist() == ["", ""]
+
+
+def _nan_loss(rows, epoch):
+    for r in rows:
+        if r["epoch"] == epoch:
+            r["train_loss"] = "nan"
+    return rows
+
+
+def test_a_study_with_nothing_to_compare_writes_what_it_has(tmp_path):
+    # The baseline diverged at epoch 2, so no pruned phase was trained: the paired, N:M and
+    # mask sections have no rows to read. (Before, the report died with KeyError 'distribution'.)
+    write_results(tmp_path, _nan_loss(phase("baseline", 0.0, 0, 0.0, [0.1, 0.1]), 2))
+    assert cli.main(["report", str(tmp_path)]) == 0
+    out = tmp_path / "report"
+    md = (out / "report.md").read_text()
+    assert "**Diverged:** 1 phase" in md and "baseline, epoch 2" in md
+    assert md.count("**Not compared:** no pruned phase has a result") == 1
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".csv", ".md")) == ["report.md"]
+    assert (out / "figure1_baseline.png").read_bytes().startswith(PNG)
+
+
+def test_arms_missing_and_one_seed_are_said_in_one_line(tmp_path):
+    # One-shot reached 50% and 75%; the iterative chain's second round was not trained (it
+    # descends from a diverged phase, or the study was stopped), so it has 50% only. Table 8
+    # compares what it can (n=1: no interval), and names what it cannot.
+    rows = [*phase("baseline", 0.0, 0, 0.0, [0.5, 0.9]),
+            *phase("oneshot", 0.5, 1, 0.5, [0.91]), *phase("oneshot", 0.75, 1, 0.75, [0.88]),
+            *phase("iterative", 0.75, 1, 0.5, [0.92])]
+    write_results(tmp_path, rows)
+    assert cli.main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    lines = [l for l in md.splitlines() if l.startswith("**Not compared:**")]
+    assert lines == ["**Not compared:** iterative − one-shot at 75% (magnitude, retrain, global): no iterative result."]
+    paired = read_rows(tmp_path / "report" / "table8_paired.csv")
+    assert [(r["label"], r["n"], r["mean"], r["ci95_low"]) for r in paired] == [
+        ("iterative − one-shot at 50%", "1", "1.0000", "")]
+    assert "With one seed there is no interval" in md
+
+
+@pytest.mark.parametrize("drop", ["seed", "schedule", "method", "retrain", "distribution", "target", "max_test",
+                                  "sparsity", "round", "phase_target"])
+def test_each_explaining_section_without_a_column_it_reads_is_left_out(tmp_path, drop):
+    from jaxprune import report_masks, report_paired
+
+    rows = [*phase("baseline", 0.0, 0, 0.0, [0.9]), *phase("oneshot", 0.5, 1, 0.5, [0.91]),
+            *phase("oneshot", 0.5, 1, 0.5, [0.89], distribution="2:4"), *phase("iterative", 0.5, 1, 0.5, [0.92])]
+    write_results(tmp_path, rows)
+    final = report.final_results(report.phase_stats(report.read_results(tmp_path)), phase_target=True)
+    assert len(final) == 3
+    final = final.drop(columns=drop)
+    compared = report_paired.comparisons(final)
+    assert compared.empty == (drop in report_paired.PAIRED_COLUMNS)
+    assert isinstance(report_paired.not_compared(final), list)
+    report_paired.paired_section(compared, tmp_path, 8)
+    assert (report_paired.pattern_section(final, compared, tmp_path, 9) == "") == (drop in report_paired.PATTERN_COLUMNS)
+    texts, figs = report_masks.mask_sections(tmp_path, final, tmp_path, (10, 11))
+    assert figs == []  # no masks on disk here, whichever column is there
