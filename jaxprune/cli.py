@@ -495,7 +495,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Training stops at its next safe point; the rest write through temporary names and stop at once.
         scope = interrupt.stop_at_safe_points if args.command in ("train", "study") else interrupt.stop_at_once
         with scope():
-            return _leave_job(COMMANDS[args.command](args))
+            try:
+                return _leave_job(COMMANDS[args.command](args))
+            except Exception as e:
+                # A library wrapped the stop in an error of its own (Orbax's reads do): it is the stop.
+                if scope is interrupt.stop_at_once and (signum := interrupt.requested()) is not None:
+                    raise Interrupted(signum) from e
+                raise
     except UserError as e:  # every module's own kind, one line each
         print(f"jaxprune {args.command}: error: {e}", file=sys.stderr)
         return _leave_job(EXIT_USAGE)

@@ -26,8 +26,9 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from jaxprune import data
+from jaxprune import data, interrupt
 from jaxprune.data import DataError
+from jaxprune.faults import fault_point
 
 Archive = data.Archive
 BinaryLayout = data.BinaryLayout
@@ -173,8 +174,10 @@ def _stage_and_move(root: Path, source, archive: Archive, layout: BinaryLayout, 
             tarball, what = Path(source).expanduser(), f"--from {source}"
             advice = f"fetch the archive again from {archive.url}, or use --data synthetic"
             _verify_local(tarball, archive, layout, progress, what, advice)
+        fault_point("data-file")
         built = staging / "data"
         _extract(tarball, built / layout.folder, layout, what, advice)
+        interrupt.check()  # a stop swallowed on the way must not be followed by the data in place
         _move_into_place(built, root, layout)
     except OSError as e:
         raise DataError(f"cannot write {layout.title} to {root} ({_one_line(e)}); free space or name another DIR") from e
@@ -308,6 +311,7 @@ def _extract(tarball: Path, folder: Path, layout: BinaryLayout, what: str, advic
             for m in allowed:
                 with tar.extractfile(m) as src, open(folder / PurePosixPath(m.name).name, "xb") as out:
                     shutil.copyfileobj(src, out, CHUNK)
+                fault_point("data-file")
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise DataError(f"{what} is truncated or not a .tar.gz ({_one_line(e)}); {advice}") from e
     problem = _problem(folder, layout)

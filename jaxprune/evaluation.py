@@ -9,6 +9,7 @@ from typing import Any
 import jax
 
 from jaxprune import checkpoint, config as config_lib, data, devices, masks as masks_lib, train
+from jaxprune.faults import fault_point
 
 
 @dataclasses.dataclass
@@ -57,6 +58,7 @@ def evaluate_checkpoint(
             # while we read: look again for what is there now.
             if (folder / str(epoch)).is_dir() or attempt == 2:
                 raise
+    fault_point("evaluate-restored")
     dataset = data.load(cfg.data)
     fns = train.step_fns_for(train.compile_key(cfg), 1)
     mesh = devices.mesh_for(cfg.devices, cfg.batch_size)

@@ -66,7 +66,7 @@ import jax
 import numpy as np
 import safetensors.numpy
 
-from jaxprune import checkpoint, config as config_lib, data, masks as masks_lib, models
+from jaxprune import checkpoint, config as config_lib, data, interrupt, masks as masks_lib, models
 from jaxprune.errors import UserError
 from jaxprune.faults import fault_point
 
@@ -322,11 +322,14 @@ def _write(out: Path, model_sd, mask_sd, info: dict, file_metadata: dict[str, st
         safetensors.numpy.save_file(model_sd, str(tmp / MODEL_FILE), metadata=file_metadata)
         fault_point("export-file")
         safetensors.numpy.save_file(mask_sd, str(tmp / MASKS_FILE), metadata=file_metadata)
+        fault_point("export-file")
         (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        fault_point("export-file")
         # safetensors writes 0600; every file of an export gets the mode config.json has.
         mode = 0o666 & ~_umask()
         for name in (MODEL_FILE, MASKS_FILE, CONFIG_FILE):
             os.chmod(tmp / name, mode)
+        interrupt.check()  # a stop swallowed on the way must not be followed by the export in place
         if out.exists():  # empty, or a previous export: check_out_dir said so
             old = tmp.with_name(tmp.name + "-old")
             os.rename(out, old)

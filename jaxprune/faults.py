@@ -7,6 +7,7 @@ occurrence of EVENT in this process performs ACTION:
 
 - ``kill``: SIGKILL this process (a crash, a preemption without warning);
 - ``term``: SIGTERM this process (a preemption with warning, a scheduler's stop);
+- ``int``: SIGINT this process (Ctrl-C);
 - ``fill``: fill the file system holding the path in ``JAXPRUNE_FAULT_PATH``
   (a file ``.jaxprune-fill`` there, written until ENOSPC), so the next write
   fails as on a full disk.
@@ -28,6 +29,8 @@ EVENTS = (
     "results-row",  # a study's results.csv row was written
     "report-file",  # the report wrote one of its files (into its staging folder)
     "export-file",  # export wrote one of its files (into its staging folder)
+    "evaluate-restored",  # evaluate restored a checkpoint (before computing anything)
+    "data-file",  # `jaxprune data` finished one step of a fetch (a verified archive, each unpacked file)
 )
 FILL_NAME = ".jaxprune-fill"
 
@@ -39,8 +42,8 @@ def _parse(text: str) -> tuple[str, int, str] | None:
         return None
     parts = text.split(":")
     event, n, action = parts[0], int(parts[1]) if len(parts) > 1 else 1, parts[2] if len(parts) > 2 else "kill"
-    if event not in EVENTS or action not in ("kill", "term", "fill") or n < 1:
-        raise ValueError(f"JAXPRUNE_FAULT={text!r}: want EVENT:N[:kill|term|fill] with EVENT one of {', '.join(EVENTS)}")
+    if event not in EVENTS or action not in ("kill", "term", "int", "fill") or n < 1:
+        raise ValueError(f"JAXPRUNE_FAULT={text!r}: want EVENT:N[:kill|term|int|fill] with EVENT one of {', '.join(EVENTS)}")
     return event, n, action
 
 
@@ -52,8 +55,9 @@ def fault_point(event: str) -> None:
     _counts[event] = _counts.get(event, 0) + 1
     if _counts[event] != spec[1]:
         return
-    if spec[2] in ("kill", "term"):
-        os.kill(os.getpid(), signal.SIGKILL if spec[2] == "kill" else signal.SIGTERM)
+    signals = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}
+    if spec[2] in signals:
+        os.kill(os.getpid(), signals[spec[2]])
     else:
         fill(os.environ["JAXPRUNE_FAULT_PATH"])
 

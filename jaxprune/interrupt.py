@@ -16,11 +16,21 @@ Three modes, one handler:
 
 Handlers can only be installed from the main thread; elsewhere every mode
 leaves the signals' usual behaviour.
+
+A signal's exception can land where Python cannot raise it: in a garbage
+collector callback or a `__del__`, which print it as "Exception ignored" and
+carry on. While a mode is active, such an exception is delivered again (the
+signal re-sent), so it is raised in the program's own code; and once a stop is
+requested, the unraisable reports it causes (abandoned reads) are not printed.
+Libraries may also wrap it in an ordinary exception (Orbax turns any error of a
+read into `Exception`): the command line treats any error raised after a stop
+was requested in "at once" mode as that stop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -28,13 +38,19 @@ import threading
 from typing import Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+REDELIVER_S = 0.05  # a swallowed stop is raised again this much later (see the module docstring)
 
 _requested: int | None = None
 _mode: str | None = None  # None (not ours), "starting", "safe", "now"
 
 
-class Interrupted(Exception):
-    """The command stopped because a signal asked it to."""
+class Interrupted(BaseException):
+    """The command stopped because a signal asked it to.
+
+    A BaseException, as KeyboardInterrupt is: raised wherever the program is
+    (`stop_at_once`), it must not be caught by a library's or our own
+    ``except Exception`` (which would carry on writing, exit 0, or report a
+    signal as a user's mistake)."""
 
     def __init__(self, signum: int):
         self.signum = signum
@@ -81,6 +97,34 @@ def _install() -> dict | None:
     return {s: signal.signal(s, _handler) for s in SIGNALS}
 
 
+def _unraisable_hook(previous):
+    """sys.unraisablehook while a mode is active (see the module docstring)."""
+
+    def hook(report) -> None:
+        e = report.exc_value
+        if isinstance(e, (Interrupted, KeyboardInterrupt)) and _mode is not None:
+            # Sent again a moment later, from a timer thread, so that the handler runs
+            # once this hook has returned (sent from here, it would run inside it).
+            signum = e.signum if isinstance(e, Interrupted) else (_requested or signal.SIGINT)
+            timer = threading.Timer(REDELIVER_S, os.kill, (os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+            return
+        if _requested is not None:
+            return  # what the stop abandoned (e.g. a checkpoint read's coroutines)
+        previous(report)
+
+    return hook
+
+
+class _AfterStop(logging.Filter):
+    """Drops log records once a stop is requested: asyncio's 'Task was destroyed but it is
+    pending' and the like, about the reads the stop abandoned."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _requested is None
+
+
 def at_startup() -> None:
     """From now until a command's own mode: a signal exits at once (nothing is written yet).
 
@@ -101,12 +145,17 @@ def _scope(mode: str) -> Iterator[None]:
         yield
         return
     _mode, _requested = mode, None
+    old_hook, sys.unraisablehook = sys.unraisablehook, _unraisable_hook(sys.unraisablehook)
+    quiet = _AfterStop()
+    logging.getLogger("asyncio").addFilter(quiet)
     try:
         yield
     finally:
+        logging.getLogger("asyncio").removeFilter(quiet)
         for s, h in handlers.items():
             signal.signal(s, h)
         _mode, _requested = old_mode, old_requested
+        sys.unraisablehook = old_hook
 
 
 def stop_at_safe_points() -> contextlib.AbstractContextManager:

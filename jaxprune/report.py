@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from jaxprune import modes
+from jaxprune import interrupt, modes
 from jaxprune.errors import UserError
 from jaxprune.faults import fault_point
 
@@ -437,6 +437,7 @@ def _finish(fig, axes, title: str, path: Path, ylabel: str = "test accuracy (%)"
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    fault_point("report-file")
     plt.close(fig)
     return path
 
@@ -629,6 +630,7 @@ def write_report(workdir: str | os.PathLike, outdir: str | os.PathLike | None = 
         raise ReportError(f"cannot write the report into {outdir} ({e.strerror or e}); give a writable --out") from None
     try:
         _write_into(workdir, df, staging)
+        interrupt.check()  # a stop swallowed on the way must not be followed by the report in place
         _replace_folder(staging, outdir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -663,6 +665,11 @@ def _explained(lay: _Layout, workdir: Path, outdir: Path, texts: list[str], made
 
     final = final_results(lay.phases, phase_target=True)
     compared = report_paired.comparisons(final)
+    if final.empty:
+        texts = texts + ["**Not compared:** no pruned phase has a result, so there is nothing to compare "
+                         "(Tables 8-11 are not made)."]
+    elif gaps := report_paired.not_compared(final):
+        texts = texts + [f"**Not compared:** {'; '.join(gaps)}."]
     texts = texts + [t for t in (report_paired.paired_section(compared, outdir, 8),
                                  report_paired.pattern_section(final, compared, outdir, 9)) if t]
     more, figs = report_masks.mask_sections(workdir, final, outdir, (10, 11), f" ({lay.subject})" if lay.subject else "")
@@ -700,3 +707,4 @@ def _write_into(workdir: Path, df: pd.DataFrame, outdir: Path) -> None:
     md += [t for text in texts for t in (text, "")]
     md += [f"![{p.stem}]({p.name})" for p in made]
     (outdir / "report.md").write_text("\n".join(md) + "\n")
+    fault_point("report-file")
