@@ -455,3 +455,30 @@ def test_cli_refuses_invalid_existing_folder(tmp_path, capsys):
     assert f"{tmp_path / 'c10' / FOLDER} exists but is not valid CIFAR-10 data (" in err
     assert "remove it and rerun" in err
     assert tree(tmp_path) == ["c10", f"c10/{FOLDER}", f"c10/{FOLDER}/data_batch_1.bin"]
+
+
+def test_a_signal_at_every_step_of_data_leaves_nothing(tmp_path, good_archive, monkeypatch, capfd):
+    # SIGTERM or SIGINT after the archive is verified and after each file it unpacks, in this
+    # process: exit 128 + signal, one line, no data set and no staging folder left.
+    from jaxprune import faults
+
+    source = tmp_path / "a.tar.gz"
+    source.write_bytes(good_archive)
+    official(monkeypatch, spec(good_archive))
+    args = ["data", "cifar10", None, "--from", str(source), "--no-progress"]
+    monkeypatch.setenv("JAXPRUNE_FAULT", "data-file:1000000:term")
+    monkeypatch.setattr(faults, "_counts", {})
+    assert cli.main([*args[:2], str(tmp_path / "count"), *args[3:]]) == 0
+    n = faults._counts["data-file"]
+    assert n == 1 + len(BINS) + len(EXTRAS)
+    for k in range(1, n + 1):
+        how, code = ("int", 130) if k % 2 else ("term", 143)
+        target = tmp_path / f"c10-{k}"
+        monkeypatch.setenv("JAXPRUNE_FAULT", f"data-file:{k}:{how}")
+        monkeypatch.setattr(faults, "_counts", {})
+        capfd.readouterr()
+        assert cli.main([*args[:2], str(target), *args[3:]]) == code, k
+        err = capfd.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "stopped by SIG" in err[0], (k, err)
+        assert not target.exists(), k
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], k
