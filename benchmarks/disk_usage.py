@@ -26,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxprune
-from jaxprune import checkpoint, config, study, train
+from jaxprune.training import checkpoint, train
+from jaxprune import config
+from jaxprune.study import driver as study
 from jaxprune.models import init_variables
 
 

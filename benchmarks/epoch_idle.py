@@ -23,7 +23,9 @@ from pathlib import Path
 import jax
 
 from timing import add_model_args
-from jaxprune import config, data, loop
+from jaxprune import config
+from jaxprune.data import sources as data
+from jaxprune.training import loop
 
 
 def main() -> None:

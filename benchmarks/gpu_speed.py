@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import profile_summary  # noqa: E402
 from study_speed import Bench  # noqa: E402
 from timing import add_model_args, median_seconds  # noqa: E402
-from jaxprune import train  # noqa: E402
+from jaxprune.training import train  # noqa: E402
 
 
 class Program:

@@ -20,7 +20,8 @@ import jax
 import numpy as np
 
 from timing import add_model_args
-from jaxprune import config, train
+from jaxprune import config
+from jaxprune.training import train
 from jaxprune.models import init_variables
 
 STEPS_PER_EPOCH = 391  # CIFAR-10 at batch 128, every image

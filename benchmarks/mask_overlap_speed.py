@@ -28,7 +28,10 @@ import jax
 sys.path.insert(0, str(Path(__file__).parent))
 from disk_usage import state_at  # noqa: E402  (a checkpointable state with masks at a count)
 
-from jaxprune import checkpoint, config, masks, phase_masks, study, train  # noqa: E402
+from jaxprune.training import checkpoint, train  # noqa: E402
+from jaxprune import config, masks
+from jaxprune.report import phase_masks
+from jaxprune.study import driver as study
 
 
 def median_time(fn, repeats: int) -> tuple[float, object]:

@@ -33,7 +33,8 @@ import numpy as np
 
 import jaxprune
 from timing import add_model_args, median_seconds
-from jaxprune import config, train
+from jaxprune import config
+from jaxprune.training import train
 from jaxprune.models import init_variables
 
 # Dense peak TFLOP/s by device kind: (bf16, f32 as TF32 tensor-core math, which

@@ -21,7 +21,9 @@ import numpy as np
 
 import jaxprune
 from timing import add_model_args, median_seconds
-from jaxprune import config, data, train
+from jaxprune import config
+from jaxprune.data import sources as data
+from jaxprune.training import train
 from jaxprune.models import init_variables
 
 

@@ -10,7 +10,8 @@ import sys
 import flax.linen as nn
 import numpy as np
 
-from jaxprune import config, data, export, models
+from jaxprune import config, export, models
+from jaxprune.data import sources as data
 from jaxprune.api import run_study
 
 

@@ -25,11 +25,58 @@ _FROM_MASKS = frozenset({
 
 
 
+# Where modules that once sat flat in jaxprune/ live now: `import jaxprune.checkpoint`,
+# `from jaxprune import loop` and `jaxprune.rundir` keep working (a user's code, old
+# notebooks), each giving the module itself. `jaxprune.config` is `jaxprune.study.config`.
+MOVED = {
+    "errors": "runtime.errors", "interrupt": "runtime.interrupt", "hosts": "runtime.hosts",
+    "faults": "runtime.faults", "kernels": "models.kernels", "download": "data.download",
+    "checkpoint": "training.checkpoint", "train": "training.train", "loop": "training.loop",
+    "devices": "training.devices", "evaluation": "training.evaluation", "rundir": "training.rundir",
+    "modes": "study.modes", "paired": "report.paired", "report_paired": "report.comparisons",
+    "report_masks": "report.masks", "phase_masks": "report.phase_masks",
+}
+
+
+class _MovedFinder:
+    """Imports `jaxprune.<old name>` as the module it moved to (the same module object)."""
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        prefix, _, name = fullname.rpartition(".")
+        if prefix != __name__ or name not in MOVED:
+            return None
+        import importlib.util
+
+        return importlib.util.spec_from_loader(fullname, _MovedFinder)
+
+    @staticmethod
+    def create_module(spec):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{MOVED[spec.name.rpartition('.')[2]]}")
+
+    @staticmethod
+    def exec_module(module):
+        pass  # already executed under its own name
+
+
+def _install_moved_finder() -> None:
+    import sys
+
+    if not any(f is _MovedFinder for f in sys.meta_path):
+        sys.meta_path.append(_MovedFinder)
+
+
+_install_moved_finder()
+
+
 def _submodules() -> list[str]:
-    """The public submodules and subpackages, found on disk (nothing is imported)."""
+    """The public submodules and subpackages, found on disk (nothing is imported), and the old
+    names of moved ones."""
     import pkgutil
 
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return sorted({*(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")), *MOVED})
 
 
 def __getattr__(name: str):

@@ -8,7 +8,7 @@ import sys
 
 
 def main(argv=None) -> int:
-    from jaxprune import interrupt
+    from jaxprune.runtime import interrupt
 
     interrupt.at_startup()
     from jaxprune import cli

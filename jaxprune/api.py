@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from jaxprune import config as config_lib, hosts, study
+from jaxprune import config as config_lib
+from jaxprune.runtime import hosts
+from jaxprune.study import driver as study
 
 
 def run_study(cfg: config_lib.StudyConfig, workdir: str | Path, *, report: bool = True,
@@ -29,7 +31,7 @@ def run_study(cfg: config_lib.StudyConfig, workdir: str | Path, *, report: bool 
     results = study.run_study(cfg, workdir, log=log if primary else lambda _: None)
     if report and primary:
         try:  # pandas and scipy, imported only now: a machine without them still trains
-            from jaxprune import report as report_lib
+            from jaxprune.report import report as report_lib
         except ImportError as e:
             print(f"jaxprune study: report skipped ({e}); install pandas and scipy, then run "
                   f"`jaxprune report {workdir}`", file=sys.stderr)

@@ -21,15 +21,15 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from jaxprune import interrupt
-from jaxprune.errors import UserError
+from jaxprune.runtime import interrupt
+from jaxprune.runtime.errors import UserError
 
 if __name__ == "__main__":  # python -m jaxprune.cli: handle signals before JAX is imported
     interrupt.at_startup()
 
 from jaxprune import config as config_lib  # noqa: E402 (JAX comes with these)
-from jaxprune import data as data_lib  # noqa: E402
-from jaxprune import rundir  # noqa: E402
+from jaxprune.data import sources as data_lib  # noqa: E402
+from jaxprune.training import rundir  # noqa: E402
 
 EXIT_USAGE = 2
 
@@ -127,7 +127,8 @@ def default_study_workdir(cfg: config_lib.StudyConfig) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jaxprune import hosts, loop, train
+    from jaxprune.runtime import hosts
+    from jaxprune.training import loop, train
 
     cfg = train_config(args).validate()
     workdir = Path(args.workdir) if args.workdir else default_train_workdir(cfg)
@@ -153,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def epoch_line(name: str, row: dict, epochs: int, images: int) -> str:
     """'run: epoch 3/90, loss 1.2345, test 45.67%, 12.3 s (4,065 images/s), about 17 min left'."""
-    from jaxprune import study
+    from jaxprune.study import driver as study
 
     seconds = max(row["seconds"], 1e-9)
     left = (epochs - row["epoch"]) * seconds  # at this epoch's pace (compiling is counted apart)
@@ -162,7 +163,7 @@ def epoch_line(name: str, row: dict, epochs: int, images: int) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from jaxprune import evaluation
+    from jaxprune.training import evaluation
 
     if args.batch_size is not None and args.batch_size <= 0:
         raise UsageError(f"--batch-size must be > 0, got {args.batch_size}")
@@ -175,7 +176,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from jaxprune import api, hosts, study
+    from jaxprune import api
+    from jaxprune.runtime import hosts
+    from jaxprune.study import driver as study
 
     cfg = study_config(args).validate()
     workdir = Path(args.workdir) if args.workdir else default_study_workdir(cfg)
@@ -195,7 +198,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     try:
-        from jaxprune import report
+        from jaxprune.report import report
     except ImportError as e:
         raise UsageError(f"the report needs pandas and scipy ({e}); install them") from None
 
@@ -208,7 +211,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from jaxprune import download
+    from jaxprune.data import download
 
     layout = data_lib.BINARY[args.dataset]
     directory = args.dir or layout.default_dir
@@ -306,7 +309,7 @@ def _join_job(args: argparse.Namespace) -> None:
         raise UsageError(f"--num-processes must be >= 1 (0 = from the environment), got {args.num_processes}")
     if args.num_processes and not -1 <= args.process_id < args.num_processes:
         raise UsageError(f"--process-id must be in 0..{args.num_processes - 1}, got {args.process_id}")
-    from jaxprune import hosts
+    from jaxprune.runtime import hosts
 
     try:
         hosts.initialize(args.coordinator_address, args.num_processes, args.process_id)
@@ -481,14 +484,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.host_timeout <= 0:
             return _usage(f"--host-timeout must be > 0 seconds, got {args.host_timeout}")
         os.environ["JAXPRUNE_HOST_TIMEOUT_S"] = str(args.host_timeout)
-    from jaxprune import hosts
+    from jaxprune.runtime import hosts
 
     hosts.request_collective_timeouts()
     enable_compilation_cache()
-    from jaxprune.checkpoint import WriteError, install_quiet_hooks, storage_cause
+    from jaxprune.training.checkpoint import WriteError, install_quiet_hooks, storage_cause
 
     install_quiet_hooks()
-    from jaxprune.interrupt import Interrupted
+    from jaxprune.runtime.interrupt import Interrupted
 
     try:
         _join_job(args)
@@ -532,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(1)
     except Exception:
-        from jaxprune import hosts
+        from jaxprune.runtime import hosts
 
         if hosts.count() > 1:  # out at once (see _leave_job), with what to do
             import traceback
@@ -554,7 +557,7 @@ def _leave_job(code: int) -> int:
     the heartbeat timeout. Leaving at once lets JAX tell the other processes
     that this one died, and they end with that line.
     """
-    from jaxprune import hosts
+    from jaxprune.runtime import hosts
 
     if code and hosts.count() > 1:
         sys.stdout.flush()

@@ -15,8 +15,11 @@ import math
 import typing
 from typing import Any
 
-from jaxprune import data, kernels, models, modes
-from jaxprune.errors import UserError
+from jaxprune.data import sources as data
+from jaxprune.models import kernels
+from jaxprune import models
+from jaxprune.study import modes
+from jaxprune.runtime.errors import UserError
 
 
 class ConfigError(UserError):
@@ -27,7 +30,7 @@ def check_layout(n_devices: int, run_axis: int, batch_size: int) -> None:
     """Raises ConfigError when devices, run axis and batch do not fit (see devices.layout)."""
     if n_devices < 0:
         raise ConfigError(f"--devices must be >= 0, got {n_devices}")
-    from jaxprune import devices  # late: importing jax is needed only here
+    from jaxprune.training import devices  # late: importing jax is needed only here
 
     try:
         devices.layout(n_devices, run_axis, batch_size)

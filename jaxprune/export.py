@@ -66,9 +66,12 @@ import jax
 import numpy as np
 import safetensors.numpy
 
-from jaxprune import checkpoint, config as config_lib, data, interrupt, masks as masks_lib, models
-from jaxprune.errors import UserError
-from jaxprune.faults import fault_point
+from jaxprune.training import checkpoint
+from jaxprune import config as config_lib, masks as masks_lib, models
+from jaxprune.data import sources as data
+from jaxprune.runtime import interrupt
+from jaxprune.runtime.errors import UserError
+from jaxprune.runtime.faults import fault_point
 
 FORMAT = "jaxprune-export"
 FORMAT_VERSION = 1
@@ -253,7 +256,7 @@ def load_for_export(path: str | os.PathLike, which: str = "latest") -> tuple[Any
     epoch's folder (which then overrides `which`). The one place the export
     reads checkpoints. Raises CheckpointError for a path that is not one.
     """
-    from jaxprune import train  # late: the training stack (optax, data) is needed only here
+    from jaxprune.training import train  # late: the training stack (optax, data) is needed only here
 
     folder, epoch = checkpoint.locate(path, which)
     meta = checkpoint.read_meta(folder, epoch)

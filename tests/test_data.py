@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxprune import data
+from jaxprune.data import sources as data
 
 
 def raw_records(labels, images):

@@ -5,7 +5,8 @@ import csv
 
 import pytest
 
-from jaxprune import cli, rundir
+from jaxprune import cli
+from jaxprune.training import rundir
 
 pytestmark = pytest.mark.slow  # every test here trains or starts processes that import jax
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxprune import cli, data, download
-from jaxprune.data import DataError
+from jaxprune import cli
+from jaxprune.data import sources as data, download
+from jaxprune.data.sources import DataError
 
 FOLDER = "cifar-10-batches-bin"
 BINS = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
@@ -460,7 +461,7 @@ def test_cli_refuses_invalid_existing_folder(tmp_path, capsys):
 def test_a_signal_at_every_step_of_data_leaves_nothing(tmp_path, good_archive, monkeypatch, capfd):
     # SIGTERM or SIGINT after the archive is verified and after each file it unpacks, in this
     # process: exit 128 + signal, one line, no data set and no staging folder left.
-    from jaxprune import faults
+    from jaxprune.runtime import faults
 
     source = tmp_path / "a.tar.gz"
     source.write_bytes(good_archive)

@@ -45,7 +45,7 @@ def test_example(name, sparsity, check):
 
 def test_restore_with_plain_orbax(small_study):
     """A finished phase read back with Orbax alone gives the sparsity and accuracy jaxprune recorded."""
-    from jaxprune import evaluation
+    from jaxprune.training import evaluation
 
     phase = small_study / "oneshot-magnitude-0.50" / "round-01"  # read only
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}

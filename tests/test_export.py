@@ -8,7 +8,9 @@ import pytest
 import safetensors.numpy
 
 import jaxprune
-from jaxprune import checkpoint, cli, config as config_lib, data, export, train
+from jaxprune.training import checkpoint, train
+from jaxprune import cli, config as config_lib, export
+from jaxprune.data import sources as data
 from jaxprune.models import ResNet18, init_variables
 
 WIDTH = 4

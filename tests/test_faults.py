@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from jaxprune import cli, faults, rundir
+from jaxprune import cli
+from jaxprune.runtime import faults
+from jaxprune.training import rundir
 
 pytestmark = pytest.mark.slow  # every test here trains or starts processes that import jax
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxprune import data
+from jaxprune.data import sources as data
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_session.sh"

@@ -6,7 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxprune import cli, config, data, loop, masks as masks_lib, rundir, study, train
+from jaxprune import cli, config, masks as masks_lib
+from jaxprune.data import sources as data
+from jaxprune.training import loop, rundir, train
+from jaxprune.study import driver as study
 from jaxprune.models import init_variables
 
 pytestmark = pytest.mark.slow  # every test here trains or starts processes that import jax

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import jaxprune
-from jaxprune import export, kernels, models
+from jaxprune import export, models
+from jaxprune.models import kernels
 from jaxprune.masks import path_names
 from jaxprune.models import count_params, init_variables
 
@@ -179,7 +180,8 @@ SMALL = ["--preset", "smoke", "--data", "synthetic:256,64", "--methods", "magnit
 def test_a_study_of_an_open_lth_model_runs_and_names_it(tmp_path, name, capsys):
     import csv
 
-    from jaxprune import cli, study
+    from jaxprune import cli
+    from jaxprune.study import driver as study
 
     w = tmp_path / "study"
     assert cli.main(["study", *SMALL, "--model", name, "--workdir", str(w)]) == 0
@@ -205,7 +207,8 @@ def test_cifar100_trains_a_100_way_head_that_open_lths_torch_model_reproduces(tm
     torch = pytest.importorskip("torch")
     import open_lth_models as ref
 
-    from jaxprune import cli, data
+    from jaxprune import cli
+    from jaxprune.data import sources as data
 
     ds = data.synthetic(250, 50, classes=100)
     folder = tmp_path / "c100" / "cifar-100-binary"

@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxprune import checkpoint, cli, config, rundir, study, train
+from jaxprune.training import checkpoint, rundir, train
+from jaxprune import cli, config
+from jaxprune.study import driver as study
 from jaxprune.models import init_variables
 
 MODES = ["retrain", "finetune", "lr-rewind", "weight-rewind", "reinit", "shuffle"]
@@ -139,7 +141,7 @@ def test_a_validation_split_chooses_the_best_epoch(tmp_path):
     folder, epoch = checkpoint.locate(w, "best")
     assert epoch == best_val
     ds = config.TrainConfig(data="synthetic:2048,512", val_split=256)
-    from jaxprune import data
+    from jaxprune.data import sources as data
     prepared = data.load(ds.data).prepared(ds)
     assert len(prepared.train_labels) == 2048 - 256 and len(prepared.val_labels) == 256
     assert prepared.prepared(ds) is prepared  # idempotent: not split twice
@@ -147,7 +149,7 @@ def test_a_validation_split_chooses_the_best_epoch(tmp_path):
 
 @pytest.fixture
 def table():
-    from jaxprune import modes
+    from jaxprune.study import modes
 
     before = dict(modes.RETRAINING)
     yield modes

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxprune import paired
+from jaxprune.report import paired
 
 ONESHOT = [92.10, 91.85, 92.40, 92.05]  # a fixed table: max test accuracy (%) per seed
 ITERATIVE = [92.60, 92.15, 92.70, 92.55]
@@ -59,7 +59,7 @@ def _final(rows):
 
 
 def test_the_reports_comparisons_pair_arms_seed_by_seed():
-    from jaxprune import report_paired
+    from jaxprune.report import comparisons as report_paired
 
     rows = [(s, "oneshot", "magnitude", "global", 0.9, a) for s, a in enumerate(ONESHOT)]
     rows += [(s, "iterative", "magnitude", "global", 0.9, a) for s, a in enumerate(ITERATIVE)]
@@ -81,7 +81,7 @@ def test_the_reports_comparisons_pair_arms_seed_by_seed():
 
 
 def test_the_paired_and_pattern_tables_are_written(tmp_path):
-    from jaxprune import report_paired
+    from jaxprune.report import comparisons as report_paired
 
     rows = [(s, "oneshot", m, d, 0.5, 90.0 + s + (d == "2:4") * 0.5 * s) for s in range(3)
             for m in ("magnitude", "random") for d in ("global", "2:4")]

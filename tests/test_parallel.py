@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import jaxprune
-from jaxprune import config, data, loop, train
+from jaxprune import config
+from jaxprune.data import sources as data
+from jaxprune.training import loop, train
 from jaxprune.models import init_variables
 
 
@@ -121,7 +123,7 @@ def test_the_forced_four_device_session_passes(tmp_path):
     (2, 3, "use a device count that divides 3, or a multiple of it"),
 ])
 def test_devices_and_parallel_runs_that_do_not_fit_are_refused(devices_, runs, message):
-    from jaxprune import devices as devices_lib
+    from jaxprune.training import devices as devices_lib
     with pytest.raises(devices_lib.LayoutError, match=message):
         devices_lib.layout(devices_, runs, 64, available=4)
     assert devices_lib.layout(0, 3, 64, available=4) == (3, 1)  # auto takes what fits

@@ -22,16 +22,22 @@ def _fresh(code: str) -> str:
 
 
 def test_every_public_submodule_is_an_attribute_after_import_jaxprune():
-    names = sorted(m.name for m in pkgutil.iter_modules(jaxprune.__path__) if not m.name.startswith("_"))
-    assert {"masks", "models", "data", "export", "api", "paired", "checkpoint", "config"} <= set(names)
+    on_disk = sorted(m.name for m in pkgutil.iter_modules(jaxprune.__path__) if not m.name.startswith("_"))
+    assert {"masks", "models", "data", "training", "study", "report", "runtime", "export", "api", "config",
+            "cli"} <= set(on_disk)
+    names = sorted({*on_disk, *jaxprune.MOVED})
     got = json.loads(_fresh(f"""
-import json, sys, types, jaxprune
+import importlib, json, sys, types, jaxprune
 light = "jax" not in sys.modules
 kinds = {{n: isinstance(getattr(jaxprune, n), types.ModuleType) for n in {names!r}}}
-print(json.dumps({{"light": light, "kinds": kinds, "dir": sorted(dir(jaxprune))}}))
+# A module that moved is the same module under its old name, however it is imported.
+same = {{old: importlib.import_module("jaxprune." + old) is importlib.import_module("jaxprune." + new)
+        is getattr(jaxprune, old) for old, new in jaxprune.MOVED.items()}}
+print(json.dumps({{"light": light, "kinds": kinds, "same": same, "dir": sorted(dir(jaxprune))}}))
 """))
     assert got["light"], "import jaxprune imported JAX"
     assert got["kinds"] == {n: True for n in names}
+    assert got["same"] == {old: True for old in jaxprune.MOVED}
     assert set(names) <= set(got["dir"])
 
 
@@ -44,7 +50,10 @@ for n in jaxprune.__all__:
 jaxprune.models.ResNet18, jaxprune.models.init_variables, jaxprune.models.register
 jaxprune.data.register_source, jaxprune.data.register_arrays, jaxprune.data.Dataset
 jaxprune.export.export, jaxprune.api.run_study, jaxprune.config.study_preset
-jaxprune.paired, jaxprune.checkpoint
+jaxprune.paired.difference, jaxprune.checkpoint.RunCheckpoints, jaxprune.modes.register_retraining
+import jaxprune.checkpoint, jaxprune.loop, jaxprune.study.modes
+from jaxprune import loop, rundir, study, report
+study.plan, report.write_report, loop.train_runs, rundir.locked
 try:
     jaxprune.no_such_module
 except AttributeError as e:

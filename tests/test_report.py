@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxprune import cli, report
+from jaxprune import cli
+from jaxprune.report import report
 
 OLD_FIELDS = ("schedule", "method", "target", "round", "sparsity", "epoch", "test_acc", "train_loss", "train_acc",
               "seconds")  # results.csv before replicates, retraining modes and validation
@@ -277,7 +278,7 @@ def test_a_torn_row_without_phases_to_rebuild_from_is_a_one_line_error(tmp_path,
 
 def test_a_torn_row_is_rebuilt_from_the_phases_logs(tmp_path, monkeypatch, capsys):
     """The rebuild path types the study's rows, old layout or new, like a file (the study is stubbed)."""
-    from jaxprune import study
+    from jaxprune.study import driver as study
     old = [dict(zip(OLD_FIELDS, ("baseline", "", 0.0, 0, 0.0, e, a, 0.1, 0.9, 1.0))) for e, a in ((1, 0.5), (2, 0.9))]
     written = []
     monkeypatch.setattr(study, "recorded_phases", lambda workdir: ["baseline"])
@@ -332,7 +333,7 @@ def test_arms_missing_and_one_seed_are_said_in_one_line(tmp_path):
 @pytest.mark.parametrize("drop", ["seed", "schedule", "method", "retrain", "distribution", "target", "max_test",
                                   "sparsity", "round", "phase_target"])
 def test_each_explaining_section_without_a_column_it_reads_is_left_out(tmp_path, drop):
-    from jaxprune import report_masks, report_paired
+    from jaxprune.report import masks as report_masks, comparisons as report_paired
 
     rows = [*phase("baseline", 0.0, 0, 0.0, [0.9]), *phase("oneshot", 0.5, 1, 0.5, [0.91]),
             *phase("oneshot", 0.5, 1, 0.5, [0.89], distribution="2:4"), *phase("iterative", 0.5, 1, 0.5, [0.92])]

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from jaxprune import checkpoint, cli, config, evaluation, rundir, study
+from jaxprune.training import checkpoint, evaluation, rundir
+from jaxprune import cli, config
+from jaxprune.study import driver as study
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = [sys.executable, "-m", "jaxprune.cli"]
@@ -226,7 +228,7 @@ def test_a_baseline_from_two_devices_restores_on_one(tmp_path):
 
 @pytest.mark.slow
 def test_an_unfinished_baseline_is_refused_unless_one_epoch_is_named(tmp_path, capsys):
-    from jaxprune import loop
+    from jaxprune.training import loop
 
     base = tmp_path / "base"
     with pytest.raises(KeyboardInterrupt):  # stopped after epoch 1 of 3
@@ -244,7 +246,7 @@ def test_an_unfinished_baseline_is_refused_unless_one_epoch_is_named(tmp_path, c
 
 def _write_cifar_like(root, seed):
     """A cifar10-bin folder of 6 x 32 images made from synthetic data."""
-    from jaxprune import data
+    from jaxprune.data import sources as data
 
     ds = data.synthetic(5 * 32, 32, seed=seed)
     folder = root / "cifar-10-batches-bin"
@@ -257,7 +259,7 @@ def _write_cifar_like(root, seed):
 
 @pytest.mark.slow
 def test_a_resume_on_other_data_is_refused_naming_both_fingerprints(tmp_path, capsys):
-    from jaxprune import loop
+    from jaxprune.training import loop
 
     _write_cifar_like(tmp_path / "c10", seed=0)
     cfg = _tiny_cfg(data=f"cifar10-bin:{tmp_path / 'c10'}", epochs=3, batch_size=32)
@@ -371,7 +373,7 @@ def test_sigkill_at_chosen_moments_then_resume_gives_the_uninterrupted_results(t
 
 
 def test_a_fault_spec_that_names_no_event_is_refused(monkeypatch):
-    from jaxprune import faults
+    from jaxprune.runtime import faults
 
     monkeypatch.setenv("JAXPRUNE_FAULT", "checkpoint-saved:1")
     with pytest.raises(ValueError, match="want EVENT:N"):
@@ -388,7 +390,7 @@ def _tiny_cfg(**kw):
 
 @pytest.mark.slow
 def test_a_directory_without_config_json_is_refused_and_left_untouched(tmp_path, capsys):
-    from jaxprune import loop
+    from jaxprune.training import loop
 
     run = tmp_path / "run"
     loop.train_and_evaluate(_tiny_cfg(), run)
@@ -430,7 +432,7 @@ def test_a_restart_from_scratch_keeps_the_intact_epochs_aside(tmp_path, capsys):
     # A finished run keeps no optimizer state; if its final epoch is damaged it
     # must train again, and the intact epoch kept beside it (here a rewind
     # point) is moved aside, not overwritten.
-    from jaxprune import loop
+    from jaxprune.training import loop
 
     run = tmp_path / "run"
     cfg = _tiny_cfg(epochs=3)

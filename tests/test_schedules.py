@@ -8,7 +8,8 @@ import bisect
 import numpy as np
 import pytest
 
-from jaxprune import config, train
+from jaxprune import config
+from jaxprune.training import train
 
 STEPS = 5  # SGD steps per epoch
 

@@ -114,7 +114,7 @@ def test_a_reader_that_leaves_early_ends_the_output_quietly(tmp_path, small_stud
 
 def _events(monkeypatch, command, event) -> int:
     """How many times `command` (in this process) reaches `event`."""
-    from jaxprune import faults
+    from jaxprune.runtime import faults
 
     monkeypatch.setenv("JAXPRUNE_FAULT", f"{event}:1000000:term")
     monkeypatch.setattr(faults, "_counts", {})
@@ -123,7 +123,7 @@ def _events(monkeypatch, command, event) -> int:
 
 
 def _stopped_at(monkeypatch, capfd, command, spec) -> tuple[int, str]:
-    from jaxprune import faults
+    from jaxprune.runtime import faults
 
     monkeypatch.setenv("JAXPRUNE_FAULT", spec)
     monkeypatch.setattr(faults, "_counts", {})
@@ -167,7 +167,8 @@ def test_a_stop_that_lands_in_a_gc_callback_still_stops_the_report(tmp_path, sma
     before = _files(w / "report")
     script = f"""
 import gc, os, signal, sys
-from jaxprune import cli, report
+from jaxprune import cli
+from jaxprune.report import report
 fired = []
 def in_gc(phase, info):
     if fired:

@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from jaxprune import cli, config, evaluation, study
+from jaxprune import cli, config
+from jaxprune.training import evaluation
+from jaxprune.study import driver as study
 from tests.conftest import TORCH_KEPT_22_ROUNDS
 
 TOTAL = 11_164_352

@@ -9,7 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxprune import checkpoint, cli, config, kernels, masks, phase_masks, study, train
+from jaxprune.training import checkpoint, train
+from jaxprune import cli, config, masks
+from jaxprune.models import kernels
+from jaxprune.report import phase_masks
+from jaxprune.study import driver as study
 
 
 def _cfg(**kw):

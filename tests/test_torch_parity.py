@@ -23,7 +23,9 @@ import jax
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp, numpy as np, torch
 from torch.nn.utils import prune
-from jaxprune import config, data, export, masks as masks_lib, train
+from jaxprune import config, export, masks as masks_lib
+from jaxprune.data import sources as data
+from jaxprune.training import train
 from jaxprune.models import ResNet18, init_variables
 from tests.torch_resnet import ResNet18 as TorchResNet18
 

@@ -15,7 +15,9 @@ import optax
 import pytest
 
 import jaxprune
-from jaxprune import checkpoint, config, data, loop, rundir, train
+from jaxprune.training import checkpoint, loop, rundir, train
+from jaxprune import config
+from jaxprune.data import sources as data
 from jaxprune.models import init_variables
 
 
@@ -130,7 +132,8 @@ def test_a_different_config_is_refused(tmp_path, tiny_setup):
 
 RESTORE_SCRIPT = """
 import sys, numpy as np, jax
-from jaxprune import checkpoint, config, train
+from jaxprune.training import checkpoint, train
+from jaxprune import config
 folder, epoch = checkpoint.locate(sys.argv[1])
 meta = checkpoint.read_meta(folder, epoch)
 cfg = config.from_dict(config.TrainConfig, meta["config"])
@@ -240,7 +243,9 @@ SCAN_SCRIPT = """
 import jax
 jax.config.update("jax_enable_x64", True)
 import dataclasses, jax.numpy as jnp, numpy as np
-from jaxprune import config, data, train
+from jaxprune import config
+from jaxprune.data import sources as data
+from jaxprune.training import train
 from jaxprune.models import ResNet18, init_variables
 ds = data.synthetic(7 * 32 + 10, 20)  # 7 full batches of 32 and one of 10
 cfg = config.TrainConfig(data="synthetic:1", width=4, batch_size=32, epochs=2, progress=False)
@@ -277,7 +282,7 @@ def test_whole_epoch_scan_equals_one_step_per_dispatch():
 
 @pytest.mark.slow
 def test_bfloat16_run_trains_resumes_and_evaluates(tmp_path, tiny_setup):
-    from jaxprune import evaluation
+    from jaxprune.training import evaluation
 
     _, _, ds = tiny_setup
     cfg = tiny(dtype="bfloat16", epochs=2)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxprune import cli, rundir
+from jaxprune import cli
+from jaxprune.training import rundir
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ARGS = ["study", "--preset", "smoke", "--width", "2", "--data", "synthetic:128,32", "--batch-size", "32",

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import flax.linen as nn
 
 from jaxprune.models import cifar_resnet, cifar_vgg, resnet18
-from jaxprune.errors import UserError
+from jaxprune.runtime.errors import UserError
 
 Factory = Callable[[int, int, Any], nn.Module]  # (num_classes, width, dtype) -> module
 # (Flax module path, torch module name, kind: conv | conv_bias | linear | bn), in the

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 import jaxprune
-from jaxprune import cli, config, data, devices, loop, train
+from jaxprune import cli, config
+from jaxprune.data import sources as data
+from jaxprune.training import devices, loop, train
 from jaxprune.models import ResNet18, init_variables
 
 
@@ -80,7 +82,7 @@ def test_data_parallel_over_two_devices_matches_one(tmp_path):
         with pytest.raises(config.ConfigError, match="does not split evenly over 2 devices"):
             dataclasses.replace(cfg, batch_size=33, devices=2).validate()
         # A whole run, checkpointed and evaluated, on two devices (float32).
-        from jaxprune import loop
+        from jaxprune.training import loop
         r = loop.train_and_evaluate(dataclasses.replace(cfg, devices=2), tmp_path / "dp", dataset=ds)
         assert r.history[-1]["epoch"] == 1
     finally:

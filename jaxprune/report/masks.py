@@ -18,9 +18,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from jaxprune import modes, phase_masks
-from jaxprune.faults import fault_point
-from jaxprune.report import SCHEDULE_NAMES
+from jaxprune.study import modes
+from jaxprune.report import phase_masks
+from jaxprune.runtime.faults import fault_point
+from jaxprune.report.report import SCHEDULE_NAMES
 
 
 def network_order(names) -> list[str]:

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import jaxprune
-from jaxprune import config as config_lib, hosts
-from jaxprune.errors import UserError
+from jaxprune import config as config_lib
+from jaxprune.runtime import hosts
+from jaxprune.runtime.errors import UserError
 
 LOCK, CONFIG = ".lock", "config.json"
 # val_loss and val_acc are empty unless the run holds out a validation split.

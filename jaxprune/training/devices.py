@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from jaxprune.errors import UserError
+from jaxprune.runtime.errors import UserError
 
 RUNS = "runs"
 DATA = "data"

@@ -29,7 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxprune import config as config_lib, data, devices, kernels, masks as masks_lib, models
+from jaxprune import config as config_lib, masks as masks_lib, models
+from jaxprune.data import sources as data
+from jaxprune.training import devices
+from jaxprune.models import kernels
 
 
 @flax.struct.dataclass

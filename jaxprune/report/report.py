@@ -40,9 +40,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from jaxprune import interrupt, modes
-from jaxprune.errors import UserError
-from jaxprune.faults import fault_point
+from jaxprune.runtime import interrupt
+from jaxprune.study import modes
+from jaxprune.runtime.errors import UserError
+from jaxprune.runtime.faults import fault_point
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -133,7 +134,8 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _rebuilt(workdir: Path, why: str) -> pd.DataFrame:
-    from jaxprune import rundir, study  # only on this rare path: they bring JAX
+    from jaxprune.training import rundir  # only on this rare path: they bring JAX
+    from jaxprune.study import driver as study
 
     phases = study.recorded_phases(workdir)
     if not phases:
@@ -661,7 +663,7 @@ def _replace_folder(new: Path, outdir: Path) -> None:
 def _explained(lay: _Layout, workdir: Path, outdir: Path, texts: list[str], made: list[Path]):
     """Tables 8-11 and their figures: paired differences, N:M against unstructured, and, from the
     phases' saved masks, the per-layer profile and the mask overlap (see report_paired, report_masks)."""
-    from jaxprune import report_masks, report_paired  # the masks' reader imports JAX and Orbax
+    from jaxprune.report import masks as report_masks, comparisons as report_paired  # the masks' reader imports JAX and Orbax
 
     final = final_results(lay.phases, phase_target=True)
     compared = report_paired.comparisons(final)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from jaxprune.errors import UserError
+from jaxprune.runtime.errors import UserError
 
 
 class StudyError(UserError):

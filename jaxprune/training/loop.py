@@ -29,8 +29,12 @@ import jax
 import jax.numpy as jnp
 
 import jaxprune
-from jaxprune import checkpoint, config as config_lib, data, devices, hosts, interrupt, kernels, rundir, train
-from jaxprune.faults import fault_point
+from jaxprune.training import checkpoint, devices, rundir, train
+from jaxprune import config as config_lib
+from jaxprune.data import sources as data
+from jaxprune.runtime import hosts, interrupt
+from jaxprune.models import kernels
+from jaxprune.runtime.faults import fault_point
 from jaxprune.models import init_variables
 
 @dataclasses.dataclass

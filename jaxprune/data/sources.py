@@ -30,7 +30,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxprune.errors import UserError
+from jaxprune.runtime.errors import UserError
 
 # Per-channel (mean, std) of images scaled to [0, 1], by --normalization name.
 NORMALIZATIONS = {

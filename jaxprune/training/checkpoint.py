@@ -43,9 +43,9 @@ from typing import Any, Callable
 
 import orbax.checkpoint as ocp
 
-from jaxprune import hosts
-from jaxprune.faults import fault_point
-from jaxprune.errors import UserError
+from jaxprune.runtime import hosts
+from jaxprune.runtime.faults import fault_point
+from jaxprune.runtime.errors import UserError
 
 KIND = "jaxprune-checkpoint"
 MODEL, TRAIN, META = "model", "train", "meta"
@@ -92,23 +92,54 @@ def warn(message: str) -> None:
     print(f"jaxprune: {message}", file=sys.stderr)
 
 
-def _quiet_closed_loop(report, _default=sys.unraisablehook) -> None:
+def _raised_from(exc, kind: type = GeneratorExit, _orbax: str = f"{os.sep}orbax{os.sep}") -> tuple[bool, bool]:
+    """(whether `exc` or an exception it was raised from is a `kind`, whether any of
+    them passed through Orbax's code). Builtins only, as the hooks below may run
+    while the interpreter shuts down and module globals are gone."""
+    is_kind = in_orbax = False
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        is_kind = is_kind or isinstance(exc, kind)
+        tb = exc.__traceback__
+        while tb is not None and not in_orbax:
+            in_orbax = _orbax in tb.tb_frame.f_code.co_filename
+            tb = tb.tb_next
+        exc = exc.__cause__ or exc.__context__
+    return is_kind, in_orbax
+
+
+def _quiet_closed_loop(report, _default=sys.unraisablehook, _raised_from=_raised_from) -> None:
     """Drops the 'Event loop is closed' errors that TensorStore's callbacks raise
     after Orbax gives up reading a damaged step (~160 tracebacks, which would bury
-    the one line saying it was set aside); anything else is reported as before."""
+    the one line saying it was set aside); anything else is reported as before.
+
+    Also the reads it abandoned then: Orbax closes its event loop at the first
+    failed read without cancelling the others, and each read still waiting for
+    TensorStore is left suspended. When the garbage collector closes it, Orbax's
+    `except BaseException` turns the GeneratorExit into an 'Encountered error
+    while reading array index' Exception, printed as 'Exception ignored in:
+    <coroutine object _read_array_index_and_device_put>' and a traceback: as many
+    as ~160, or none, depending on how many reads were still in flight."""
     if isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed":
         return
+    if getattr(report.object, "cr_code", None) is not None and _raised_from(report.exc_value) == (True, True):
+        return  # an Orbax coroutine, closed while suspended
     _default(report)
 
 
 class _QuietFailedReads(logging.Filter):
-    """Drops asyncio's 'Task/Future exception was never retrieved' for Orbax's reads
-    of a damaged step: the error is already reported once, as the step is set aside."""
+    """Drops asyncio's 'Task/Future/_GatheringFuture exception was never retrieved' for
+    Orbax's reads of a damaged step: the error is already reported once, as the step is
+    set aside. (Reads that fail just as Orbax closes its event loop, the first failure
+    already raised, have no one to retrieve their errors: none or several of them.)"""
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def filter(self, record: logging.LogRecord, _raised_from=_raised_from) -> bool:
         text = record.getMessage()
-        unretrieved = text.startswith(("Task exception was never retrieved", "Future exception was never retrieved"))
-        return not (unretrieved and any(w in text for w in ("async_deserialize", "DATA_LOSS", "OCDBT")))
+        if not text.split("\n", 1)[0].endswith(" exception was never retrieved"):
+            return True
+        in_orbax = bool(record.exc_info) and _raised_from(record.exc_info[1])[1]
+        return not (in_orbax or any(w in text for w in ("async_deserialize", "DATA_LOSS", "OCDBT")))
 
 
 class _QuietOrbax(logging.Filter):

@@ -16,8 +16,11 @@ import jax
 import numpy as np
 import pandas as pd
 
-from jaxprune import checkpoint, config as config_lib, kernels, masks as masks_lib, rundir, study
-from jaxprune.report import PHASE as KEYS  # a phase's keys in results.csv
+from jaxprune.training import checkpoint, rundir
+from jaxprune import config as config_lib, masks as masks_lib
+from jaxprune.models import kernels
+from jaxprune.study import driver as study
+from jaxprune.report.report import PHASE as KEYS  # a phase's keys in results.csv
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,10 +38,14 @@ from typing import Any, Callable
 
 import jax
 
-from jaxprune import checkpoint, config as config_lib, data, hosts, kernels, loop, masks as masks_lib, rundir, train
-from jaxprune.faults import fault_point
+from jaxprune.training import checkpoint, loop, rundir, train
+from jaxprune import config as config_lib, masks as masks_lib
+from jaxprune.data import sources as data
+from jaxprune.runtime import hosts
+from jaxprune.models import kernels
+from jaxprune.runtime.faults import fault_point
 from jaxprune.models import init_variables
-from jaxprune.modes import RETRAINING, SCHEDULES, Planning, Sources, Start, StudyError, chain_modes_of, is_pattern
+from jaxprune.study.modes import RETRAINING, SCHEDULES, Planning, Sources, Start, StudyError, chain_modes_of, is_pattern
 
 RESULT_FIELDS = (
     "model", "data",  # the network (--model) and the data set's name (--data's kind, e.g. cifar10)

@@ -26,9 +26,10 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from jaxprune import data, interrupt
-from jaxprune.data import DataError
-from jaxprune.faults import fault_point
+from jaxprune.data import sources as data
+from jaxprune.runtime import interrupt
+from jaxprune.data.sources import DataError
+from jaxprune.runtime.faults import fault_point
 
 Archive = data.Archive
 BinaryLayout = data.BinaryLayout

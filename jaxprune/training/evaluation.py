@@ -8,8 +8,10 @@ from typing import Any
 
 import jax
 
-from jaxprune import checkpoint, config as config_lib, data, devices, masks as masks_lib, train
-from jaxprune.faults import fault_point
+from jaxprune.training import checkpoint, devices, train
+from jaxprune import config as config_lib, masks as masks_lib
+from jaxprune.data import sources as data
+from jaxprune.runtime.faults import fault_point
 
 
 @dataclasses.dataclass
