@@ -27,13 +27,14 @@ _FROM_MASKS = frozenset({
 
 # Where modules that once sat flat in jaxprune/ live now: `import jaxprune.checkpoint`,
 # `from jaxprune import loop` and `jaxprune.rundir` keep working (a user's code, old
-# notebooks), each giving the module itself. `jaxprune.config` is `jaxprune.study.config`.
+# notebooks), each giving the module itself. `jaxprune.config` is `jaxprune.study.config`
+# (which serves `jaxprune.training.config`'s names too).
 MOVED = {
     "errors": "runtime.errors", "interrupt": "runtime.interrupt", "hosts": "runtime.hosts",
     "faults": "runtime.faults", "kernels": "models.kernels", "download": "data.download",
     "checkpoint": "training.checkpoint", "train": "training.train", "loop": "training.loop",
     "devices": "training.devices", "evaluation": "training.evaluation", "rundir": "training.rundir",
-    "modes": "study.modes", "paired": "report.paired", "report_paired": "report.comparisons",
+    "modes": "study.modes", "config": "study.config", "paired": "report.paired", "report_paired": "report.comparisons",
     "report_masks": "report.masks", "phase_masks": "report.phase_masks",
 }
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from jaxprune import config as config_lib
+from jaxprune.study import config as config_lib
 from jaxprune.runtime import hosts
 from jaxprune.study import driver as study
 

@@ -27,7 +27,7 @@ from jaxprune.runtime.errors import UserError
 if __name__ == "__main__":  # python -m jaxprune.cli: handle signals before JAX is imported
     interrupt.at_startup()
 
-from jaxprune import config as config_lib  # noqa: E402 (JAX comes with these)
+from jaxprune.study import config as config_lib  # noqa: E402 (JAX comes with these)
 from jaxprune.data import sources as data_lib  # noqa: E402
 from jaxprune.training import rundir  # noqa: E402
 

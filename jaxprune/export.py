@@ -67,7 +67,8 @@ import numpy as np
 import safetensors.numpy
 
 from jaxprune.training import checkpoint
-from jaxprune import config as config_lib, masks as masks_lib, models
+from jaxprune import masks as masks_lib, models
+from jaxprune.training import config as config_lib
 from jaxprune.data import sources as data
 from jaxprune.runtime import interrupt
 from jaxprune.runtime.errors import UserError

@@ -23,7 +23,7 @@ def _fresh(code: str) -> str:
 
 def test_every_public_submodule_is_an_attribute_after_import_jaxprune():
     on_disk = sorted(m.name for m in pkgutil.iter_modules(jaxprune.__path__) if not m.name.startswith("_"))
-    assert {"masks", "models", "data", "training", "study", "report", "runtime", "export", "api", "config",
+    assert {"masks", "models", "data", "training", "study", "report", "runtime", "export", "api",
             "cli"} <= set(on_disk)
     names = sorted({*on_disk, *jaxprune.MOVED})
     got = json.loads(_fresh(f"""

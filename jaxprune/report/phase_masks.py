@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from jaxprune.training import checkpoint, rundir
-from jaxprune import config as config_lib, masks as masks_lib
+from jaxprune import masks as masks_lib
+from jaxprune.study import config as config_lib
 from jaxprune.models import kernels
 from jaxprune.study import driver as study
 from jaxprune.report.report import PHASE as KEYS  # a phase's keys in results.csv

@@ -39,7 +39,8 @@ from typing import Any, Callable
 import jax
 
 from jaxprune.training import checkpoint, loop, rundir, train
-from jaxprune import config as config_lib, masks as masks_lib
+from jaxprune import masks as masks_lib
+from jaxprune.study import config as config_lib
 from jaxprune.data import sources as data
 from jaxprune.runtime import hosts
 from jaxprune.models import kernels

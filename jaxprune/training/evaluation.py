@@ -9,7 +9,8 @@ from typing import Any
 import jax
 
 from jaxprune.training import checkpoint, devices, train
-from jaxprune import config as config_lib, masks as masks_lib
+from jaxprune import masks as masks_lib
+from jaxprune.training import config as config_lib
 from jaxprune.data import sources as data
 from jaxprune.runtime.faults import fault_point
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 import jaxprune
 from jaxprune.training import checkpoint, devices, rundir, train
-from jaxprune import config as config_lib
+from jaxprune.training import config as config_lib
 from jaxprune.data import sources as data
 from jaxprune.runtime import hosts, interrupt
 from jaxprune.models import kernels

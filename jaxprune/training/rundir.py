@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import jaxprune
-from jaxprune import config as config_lib
+from jaxprune.training import config as config_lib
 from jaxprune.runtime import hosts
 from jaxprune.runtime.errors import UserError
 

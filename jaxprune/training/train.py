@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxprune import config as config_lib, masks as masks_lib, models
+from jaxprune import masks as masks_lib, models
+from jaxprune.training import config as config_lib
 from jaxprune.data import sources as data
 from jaxprune.training import devices
 from jaxprune.models import kernels
