@@ -13,7 +13,7 @@ from jaxprune import cli
 
 def run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "jaxprune.cli", *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "jaxprune", *args], capture_output=True, text=True, timeout=600
     )
 
 

@@ -21,7 +21,7 @@ from jaxprune import cli, config
 from jaxprune.study import driver as study
 
 ROOT = Path(__file__).resolve().parents[1]
-PY = [sys.executable, "-m", "jaxprune.cli"]
+PY = [sys.executable, "-m", "jaxprune"]
 
 
 def read_rows(path):

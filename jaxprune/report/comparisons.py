@@ -21,7 +21,7 @@ import pandas as pd
 
 from jaxprune.report import paired
 from jaxprune.study.modes import is_pattern as _is_pattern
-from jaxprune.report.report import SCHEDULE_NAMES
+from jaxprune.report.results import SCHEDULE_NAMES
 
 GAPS = (0.2, 0.5)  # percentage points
 # The columns of report.final_results each section reads: without one, the section is not made.

@@ -21,7 +21,7 @@ import pandas as pd
 from jaxprune.study import modes
 from jaxprune.report import phase_masks
 from jaxprune.runtime.faults import fault_point
-from jaxprune.report.report import SCHEDULE_NAMES
+from jaxprune.report.results import SCHEDULE_NAMES
 
 
 def network_order(names) -> list[str]:

@@ -21,7 +21,7 @@ from jaxprune import masks as masks_lib
 from jaxprune.study import config as config_lib
 from jaxprune.models import kernels
 from jaxprune.study import driver as study
-from jaxprune.report.report import PHASE as KEYS  # a phase's keys in results.csv
+from jaxprune.report.results import PHASE as KEYS  # a phase's keys in results.csv
 
 
 @dataclasses.dataclass(frozen=True)

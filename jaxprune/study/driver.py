@@ -1,9 +1,7 @@
-"""The pruning study: schedules as pure plans, and the driver that walks a plan.
+"""The study's driver: it runs, resumes or grows a study, walking its plan's phases.
 
-A plan is the list of every training phase the study needs, computed before
-any work from exact pruning counts: the baseline, then per (schedule, method,
-target) chain its rounds, each pruning an exact number of weights from its
-parent's final weights and retraining. The driver runs the phases in order:
+The plan (`jaxprune.study.planning`) is the list of every training phase the
+study needs, computed before any work. The driver runs the phases in order:
 
     parent's final state -> prune_global -> loop.train_runs -> checkpoints
 
@@ -21,18 +19,16 @@ schedules and targets may be added by later invocations, which reuse the
 baseline and every finished phase. ``config.json`` lists every phase ever
 planned, and ``results.csv`` covers them all.
 
-``results.csv`` is rebuilt from the phases' own metric logs as each group of
-phases starts training (after a resume has settled them) and at the end, and
-each epoch appends its row in between; so it never holds a row twice or a row
-for work that was lost, and its rows are in plan order once the study ends.
+results.csv (`jaxprune.study.results`) is kept current as phases train.
+
+The names of the plan and of the study's records are served here too (`driver.plan`,
+`driver.Phase`, `driver.recorded_phases`, ...), as they were before they moved out.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import functools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,212 +42,15 @@ from jaxprune.runtime import hosts
 from jaxprune.models import kernels
 from jaxprune.runtime.faults import fault_point
 from jaxprune.models import init_variables
-from jaxprune.study.modes import RETRAINING, SCHEDULES, Planning, Sources, Start, StudyError, chain_modes_of, is_pattern
-
-RESULT_FIELDS = (
-    "model", "data",  # the network (--model) and the data set's name (--data's kind, e.g. cifar10)
-    "seed", "retrain", "distribution", "schedule", "method", "target", "round", "sparsity", "epoch",
-    "test_acc", "val_acc", "train_loss", "train_acc", "seconds",
-    "diverged",  # 1 where the epoch's training loss was NaN or infinite
+from jaxprune.study.modes import RETRAINING, SCHEDULES, Sources, Start, StudyError, is_pattern
+from jaxprune.study.planning import (  # noqa: F401 (served here too: driver.plan, driver.Phase, ...)
+    BASELINE, BASELINE_PHASE, Phase, derived_seed, disk_estimate, model_shapes, phase_config, plan,
+    prunable_total, pruning_key, target_name,
 )
-BASELINE = "baseline"
-
-
-def target_name(target: float) -> str:
-    """A target as it appears in names: two decimals when exact (0.90), else every digit (0.875)."""
-    short = f"{target:.2f}"
-    return short if float(short) == target else repr(float(target))
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-    """One training phase of the study.
-
-    schedule: "baseline", or a name in modes.SCHEDULES (oneshot, gradual, iterative).
-    target: the chain's target sparsity (0 for the baseline).
-    round: 1-based pruning round within the chain (0 for the baseline).
-    count: the exact number of weights pruned from the parent's remaining
-      weights before this phase trains (0 for the baseline).
-    sparsity: the global sparsity during this phase (exact, from the counts).
-    parent: the directory name of the phase whose final weights are pruned.
-    seed: the replicate's seed (its baseline's; its phases' seeds derive from it).
-    retrain: how the pruned network trains again (a name in modes.RETRAINING); a
-      control (reinit, shuffle) takes the masks its `retrain` twin prunes.
-    distribution: how the count is split across layers (global, uniform, erk), or an
-      N:M pattern ("2:4", see --pattern; named "2of4" in folder names).
-    rewind_epoch: weight-rewind: the baseline epoch survivors are reset to.
-    home: the replicate's folder: "" for --seed's, "seed-N/" for the others.
-    """
-
-    schedule: str
-    method: str
-    target: float
-    round: int
-    count: int
-    sparsity: float
-    parent: str | None
-    seed: int = 0
-    retrain: str = "retrain"
-    distribution: str = "global"
-    rewind_epoch: int = 0
-    home: str = ""
-
-    def _chain(self, retrain: str) -> str:
-        if self.schedule == BASELINE:
-            return BASELINE
-        dist = "" if self.distribution == "global" else f"-{self.distribution.replace(':', 'of')}"
-        mode = RETRAINING[retrain].suffix(self.rewind_epoch)
-        return f"{self.schedule}-{self.method}{dist}-{target_name(self.target)}{mode}"
-
-    @property
-    def chain(self) -> str:
-        """The chain's name: schedule, method, [distribution,] exact target[, retraining mode]."""
-        return self._chain(self.retrain)
-
-    @property
-    def mask_chain(self) -> str:
-        """The chain whose pruning draws this phase's masks: its own, or a control's retrain twin."""
-        return self._chain("retrain" if RETRAINING[self.retrain].control else self.retrain)
-
-    @property
-    def name(self) -> str:
-        if self.schedule == BASELINE:
-            return self.home + BASELINE
-        return f"{self.home}{self.chain}/round-{self.round:02d}"
-
-    def identity(self) -> dict[str, Any]:
-        """What a phase's directory must match on a rerun (beside its training config)."""
-        return {"phase": {k: v for k, v in dataclasses.asdict(self).items() if k != "sparsity"}}
-
-
-BASELINE_PHASE = Phase(BASELINE, "", 0.0, 0, 0, 0.0, None)
-
-
-def model_shapes(cfg: config_lib.TrainConfig) -> tuple[int, int]:
-    """(prunable weights, all parameters) of the model `cfg` builds (shapes only, no compute)."""
-    return kernels.counts(kernels.Arch.of(cfg), tuple(cfg.exclude))[1:]
-
-
-def prunable_total(cfg: config_lib.TrainConfig) -> int:
-    """Prunable weights of the model `cfg` builds (shapes only, no compute)."""
-    return model_shapes(cfg)[0]
-
-
-def plan(cfg: config_lib.StudyConfig, total: int, pruned: int = 0) -> list[Phase]:
-    """Every phase of the study, in the order the driver runs them.
-
-    Per replicate seed: its baseline (unless one is given, then shared), then
-    for each retraining mode that forms chains (retrain, finetune, lr-rewind,
-    weight-rewind) and each method, the one-shot phases and the iterative
-    chains; then the controls, one per phase of the retrain chains (which
-    they imply), pruned from the same parent with the same count and key.
-
-    pruned: weights already pruned in a given baseline: its masks are kept,
-    and every target counts from its sparsity.
-    """
-    for t in cfg.targets:
-        if round(t * total) in (0, total):
-            raise StudyError(
-                f"target {t:g} prunes {'none' if round(t * total) == 0 else 'all'} of the {total:,} prunable "
-                f"weights (round({t:g} x {total:,}) = {round(t * total):,}); give a target that leaves some of each"
-            )
-        if round(t * total) <= pruned:
-            raise StudyError(
-                f"target {t:g} is not above the baseline's sparsity {100 * pruned / total:.2f}% "
-                "(--baseline is already pruned); give targets above it"
-            )
-    controls = [m for m in cfg.retrain if RETRAINING[m].control]
-    modes = chain_modes_of(cfg.retrain)
-    phases = []
-    for seed in cfg.replicate_seeds:
-        home = "" if seed == cfg.train.seed else f"seed-{seed}/"
-        root = BASELINE if cfg.baseline else home + BASELINE  # a given baseline serves every replicate
-        if not cfg.baseline:
-            phases.append(dataclasses.replace(BASELINE_PHASE, seed=seed, home=home))
-        twins = []
-        for mode in modes:
-            kw = dict(seed=seed, distribution=cfg.distribution, home=home, retrain=mode,
-                      rewind_epoch=cfg.rewind_epoch if RETRAINING[mode].uses_rewind_epoch else 0)
-            for method in cfg.methods:
-                new = functools.partial(_new_phase, method=method, kw=kw)
-                for schedule in SCHEDULES.values():  # the table's order, whatever the order asked
-                    if schedule.name in cfg.schedules and (schedule.modes is None or mode in schedule.modes):
-                        phases += schedule.plan(Planning(cfg, total, pruned, root, new))
-                if cfg.pattern:
-                    phases += _pattern_phases(cfg, total, pruned, root, new)
-            if mode == "retrain":
-                # A control of an N:M phase is not planned: shuffling within a layer breaks the pattern.
-                twins = [p for p in phases if p.seed == seed and p.retrain == "retrain" and p.round
-                         and not is_pattern(p.distribution)]
-        for control in controls:
-            phases += [dataclasses.replace(p, retrain=control) for p in twins]
-    # --pattern's unstructured twin is the one-shot phase at its target when --targets has it.
-    return list({p.name: p for p in phases}.values())
-
-
-def _pattern_phases(cfg: config_lib.StudyConfig, total: int, pruned: int, root: str, new) -> list[Phase]:
-    """--pattern N:M's two one-shot phases for one method: unstructured pruning (the study's
-    distribution) to the pattern's target (M - N) / M, then the pattern, whose exact count
-    (kernels.pattern_count) is a little lower where kernels cannot hold it and stay dense."""
-    if pruned:
-        raise StudyError("--pattern needs a dense baseline: an N:M pattern counts from every weight of a kernel, "
-                         "and --baseline is already pruned")
-    n, m = masks_lib.nm.parse(cfg.pattern)
-    t = (m - n) / m
-    k = kernels.pattern_count(kernels.Arch.of(cfg.train), tuple(cfg.train.exclude), cfg.pattern)
-    if k == 0:
-        raise StudyError(f"--pattern {cfg.pattern}: no prunable kernel of {cfg.train.model} has an input axis "
-                         f"that is a multiple of {m}")
-    unstructured = new("oneshot", t, 1, round(t * total), round(t * total) / total, root)
-    return [unstructured, dataclasses.replace(unstructured, distribution=cfg.pattern, count=k, sparsity=k / total)]
-
-
-def _new_phase(schedule, target, round, count, sparsity, parent, *, method, kw) -> Phase:
-    return Phase(schedule, method, target, round, count, sparsity, parent, **kw)
-
-
-def derived_seed(base: int, *tags: Any) -> int:
-    """A 31-bit seed from the study's seed and a phase's identity (stable across runs)."""
-    digest = hashlib.sha256(json.dumps([base, *tags]).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def phase_config(cfg: config_lib.StudyConfig, phase: Phase) -> config_lib.TrainConfig:
-    """The training config of a phase. A finetune phase's constant lr is its
-    parent's last one, set when the parent is known (see `_run_phases`)."""
-    if phase.schedule == BASELINE:
-        return cfg.phase(cfg.baseline_epochs, phase.seed)
-    seed = derived_seed(phase.seed, phase.chain, phase.round)
-    changes = {
-        **SCHEDULES[phase.schedule].config(cfg, phase, prunable_total(cfg.train)),
-        **RETRAINING[phase.retrain].config(cfg),
-    }
-    return cfg.phase(cfg.round_epochs, seed, **changes)
-
-
-def pruning_key(cfg: config_lib.StudyConfig, phase: Phase) -> jax.Array:
-    # Separate chains are independent replicates (as in the write-up), so each
-    # chain draws its own random masks; a control draws its retrain twin's.
-    return jax.random.key(derived_seed(phase.seed, "prune", phase.mask_chain, phase.round))
-
-
-def disk_estimate(phases: list[Phase], total: int, n_params: int) -> int:
-    """Bytes a finished study keeps at most: per phase, its final and best epochs' model.
-
-    Float32 values of the kept weights and of the non-prunable parameters,
-    plus, for a pruned model, half a byte per prunable weight for its masks and
-    the positions of its zeros, which Orbax's compression leaves. Fitted to
-    benchmarks/disk_usage.py, which measures real checkpoints (seed study at
-    full width: 4.62 GB measured, this gives a little more).
-    """
-    per_phase = [
-        4 * (n_params - total + round(total * (1 - p.sparsity))) + (total / 2 if p.sparsity else 0)
-        for p in phases
-    ]
-    return int(2 * sum(per_phase))
-
-
-# ---------------------------------------------------------------- the driver
+from jaxprune.study.results import (  # noqa: F401 (served here too)
+    RESULT_FIELDS, append_result, casualties, diverged_phases, labels, rebuild_results, recorded_phases,
+    result_rows,
+)
 
 
 @dataclasses.dataclass
@@ -284,29 +83,6 @@ def phase_status(workdir: Path, phase_cfg: config_lib.TrainConfig) -> str | None
     if history and rundir.read_metrics(workdir) != history:
         rundir.write_metric_logs(workdir, history)
     return status
-
-
-def casualties(workdir: Path) -> tuple[list[tuple[Phase, int]], list[Phase]]:
-    """The study's diverged phases (with the epoch) and the phases below them, never trained."""
-    phases = recorded_phases(workdir)
-    bad = diverged_phases(workdir, phases)
-    lost = {p.name for p, _ in bad}
-    skipped = []
-    for p in phases:  # plan order: parents first
-        if p.parent in lost and not rundir.read_metrics(Path(workdir) / p.name):
-            lost.add(p.name)
-            skipped.append(p)
-    return bad, skipped
-
-
-def diverged_phases(workdir: Path, phases: list[Phase]) -> list[tuple[Phase, int]]:
-    """(phase, epoch) for each phase whose metrics end on a non-finite training loss."""
-    out = []
-    for p in phases:
-        rows = rundir.read_metrics(Path(workdir) / p.name)
-        if rows and loop.diverged(rows[-1]):
-            out.append((p, rows[-1]["epoch"]))
-    return out
 
 
 def _restore_final(folder: Path, epoch: int, cfg: config_lib.TrainConfig) -> Final:
@@ -343,52 +119,6 @@ def load_baseline(path: str, cfg: config_lib.StudyConfig) -> Final:
         return _restore_final(folder, epoch, here)
     except checkpoint.CheckpointError as e:
         raise StudyError(f"baseline {path} does not match the model: {e}") from e
-
-
-def _result_row(phase: Phase, m: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
-    """One results.csv row from a phase, one of its metrics rows and the study's `labels`."""
-    base = phase.schedule == BASELINE
-    return {
-        **labels, "seed": phase.seed, "retrain": "" if base else phase.retrain,
-        "distribution": "" if base else phase.distribution,
-        "schedule": phase.schedule, "method": phase.method, "target": phase.target, "round": phase.round,
-        # Per epoch from the masks (it moves in gradual pruning); older logs: the phase's.
-        "sparsity": round(phase.sparsity if m.get("sparsity") is None else m["sparsity"], 6), "epoch": m["epoch"],
-        "test_acc": m["test_acc"], "val_acc": m.get("val_acc"), "train_loss": m["train_loss"],
-        "train_acc": m["train_acc"], "seconds": round(m["seconds"], 3),
-        "diverged": int(loop.diverged(m)),
-    }
-
-
-def labels(workdir: Path) -> dict[str, str]:
-    """The model and data set names every row of the study in `workdir` carries (from its config.json)."""
-    record = rundir.read_record(Path(workdir)) or {}
-    train_cfg = config_lib.from_dict(config_lib.TrainConfig, (record.get("config") or {}).get("train") or {})
-    return {"model": train_cfg.model, "data": data.data_name(train_cfg.data)}
-
-
-def result_rows(workdir: Path, phases: list[Phase]) -> list[dict[str, Any]]:
-    """results.csv's rows, from the phases' own metric logs, in plan order."""
-    tags = labels(workdir)
-    return [_result_row(p, m, tags) for p in phases for m in rundir.read_metrics(workdir / p.name)]
-
-
-def rebuild_results(workdir: Path, phases: list[Phase]) -> int:
-    """Writes WORKDIR/results.csv from the phases' metrics, in plan order; returns the row count."""
-    rows = result_rows(workdir, phases)
-    rundir.write_atomic(workdir / "results.csv", rundir.csv_text(RESULT_FIELDS, rows))
-    return len(rows)
-
-
-def append_result(workdir: Path, phase: Phase, m: dict[str, Any], tags: dict[str, str]) -> None:
-    """Appends one epoch's row, carrying the study's `labels`, to WORKDIR/results.csv (O(1), unlike a rebuild)."""
-    rundir.append_csv_row(workdir / "results.csv", RESULT_FIELDS, _result_row(phase, m, tags))
-
-
-def recorded_phases(workdir: Path) -> list[Phase]:
-    """Every phase a study directory has planned, from its config.json (empty if none)."""
-    record = rundir.read_record(Path(workdir)) or {}
-    return [Phase(**p) for p in record.get("phases", [])]
 
 
 def _register(workdir: Path, cfg: config_lib.StudyConfig, phases: list[Phase]) -> list[Phase]:

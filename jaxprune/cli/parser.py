@@ -1,35 +1,21 @@
-"""Command line: argument parsing -> config -> one call into the library.
-
-    jaxprune train    [--preset NAME] [--workdir DIR] [options]   train a baseline
-    jaxprune evaluate CHECKPOINT [--data SPEC] [--best]           test accuracy + sparsity
-    jaxprune study    [--preset NAME] [--workdir DIR] [options]   the whole pruning study
-    jaxprune report   WORKDIR                                     figures and tables
-    jaxprune export   RUN_OR_PHASE_DIR OUT_DIR [--which best]     PyTorch safetensors
-    jaxprune data     cifar10|cifar100 [DIR] [--from FILE]        download CIFAR-10/100 for --data
-
-Every config field is an option, with its documentation as help. A user's
-mistake ends in one line on stderr and exit status 2, with nothing written.
+"""The command line's parser, apart from its commands: `build_parser` (one option per config
+field, its documentation as help; `--preset NAME --help` shows the preset's values), the configs
+and default run directories the options give (`train_config`, `study_config`,
+`default_train_workdir`, `default_study_workdir`), and `UsageError`, a mistake in them.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import sys
 import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from jaxprune.runtime import interrupt
 from jaxprune.runtime.errors import UserError
-
-if __name__ == "__main__":  # python -m jaxprune.cli: handle signals before JAX is imported
-    interrupt.at_startup()
-
-from jaxprune.study import config as config_lib  # noqa: E402 (JAX comes with these)
-from jaxprune.data import sources as data_lib  # noqa: E402
-from jaxprune.training import rundir  # noqa: E402
+from jaxprune.study import config as config_lib  # JAX comes with these
+from jaxprune.data import sources as data_lib
+from jaxprune.training import rundir
 
 EXIT_USAGE = 2
 
@@ -123,155 +109,8 @@ def default_study_workdir(cfg: config_lib.StudyConfig) -> Path:
     return rundir.default_directory(Path("runs"), f"study-{t.model}-{rest}", cfg, study=True, legacy_stems=legacy)
 
 
-# ---------------------------------------------------------------- commands
 
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from jaxprune.runtime import hosts
-    from jaxprune.training import loop, train
-
-    cfg = train_config(args).validate()
-    workdir = Path(args.workdir) if args.workdir else default_train_workdir(cfg)
-    dataset = data_lib.load(cfg.data).prepared(cfg)  # idempotent: the loop keeps it as it is
-    images = train.images_per_epoch(cfg, len(dataset.train_labels))
-    # Without a progress bar, one line per epoch: where it is, how fast, how long to go.
-    lines = not cfg.progress and hosts.primary()
-    say = (lambda row: print(epoch_line(workdir.name, row, cfg.epochs, images), flush=True)) if lines else None
-    compiled = (lambda s: print(f"{workdir.name}: compiled in {s:.1f} s", flush=True)) if lines else None
-    result = loop.train_and_evaluate(cfg, workdir, dataset=dataset, on_epoch=say, on_compiled=compiled)
-    last = result.history[-1]
-    if loop.stopped_by_divergence(cfg, result.history):
-        print(f"jaxprune train: {workdir} diverged at epoch {last['epoch']} (training loss {last['train_loss']}); "
-              "stopped there: lower --lr, or --on-divergence continue to train on", file=sys.stderr)
-        return 1
-    if hosts.primary():
-        print(
-            f"{workdir}: {len(result.history)} epoch{'s' * (len(result.history) != 1)}, final test accuracy "
-            f"{100 * last['test_acc']:.2f}%, best {100 * result.best_test_acc:.2f}%"
-        )
-    return 0
-
-
-def epoch_line(name: str, row: dict, epochs: int, images: int) -> str:
-    """'run: epoch 3/90, loss 1.2345, test 45.67%, 12.3 s (4,065 images/s), about 17 min left'."""
-    from jaxprune.study import driver as study
-
-    seconds = max(row["seconds"], 1e-9)
-    left = (epochs - row["epoch"]) * seconds  # at this epoch's pace (compiling is counted apart)
-    return (f"{name}: epoch {row['epoch']}/{epochs}, loss {row['train_loss']:.4f}, test {100 * row['test_acc']:.2f}%, "
-            f"{seconds:.1f} s ({images / seconds:,.0f} images/s), about {study.duration(left)} left")
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from jaxprune.training import evaluation
-
-    if args.batch_size is not None and args.batch_size <= 0:
-        raise UsageError(f"--batch-size must be > 0, got {args.batch_size}")
-    result = evaluation.evaluate_checkpoint(
-        args.checkpoint, data_spec=args.data, which="best" if args.best else "latest",
-        batch_size=args.batch_size,
-    )
-    print(result.summary())
-    return 0
-
-
-def cmd_study(args: argparse.Namespace) -> int:
-    from jaxprune import api
-    from jaxprune.runtime import hosts
-    from jaxprune.study import driver as study
-
-    cfg = study_config(args).validate()
-    workdir = Path(args.workdir) if args.workdir else default_study_workdir(cfg)
-    results = api.run_study(cfg, workdir, report=not args.no_report)
-    if hosts.primary():  # the job's files are process 0's
-        print(f"results: {results}")
-    bad, skipped = study.casualties(workdir)
-    if bad and cfg.train.on_divergence == "stop":
-        if hosts.primary():
-            print(f"jaxprune study: {len(bad)} phase{'s' * (len(bad) != 1)} diverged ("
-                  + ", ".join(f"{p.name} at epoch {e}" for p, e in bad[:4]) + (", ..." if len(bad) > 4 else "")
-                  + f") and {len(skipped)} descending from them were not trained; they are marked in "
-                  "results.csv and the report. Lower --lr, or --on-divergence continue to train on", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    try:
-        from jaxprune.report import report
-    except ImportError as e:
-        raise UsageError(f"the report needs pandas and scipy ({e}); install them") from None
-
-    path = report.write_report(args.workdir, args.out)
-    print(f"report: {path}")
-    for p in sorted(path.parent.iterdir()):
-        if p != path and not p.name.startswith("."):
-            print(f"  {p.name}")
-    return 0
-
-
-def cmd_data(args: argparse.Namespace) -> int:
-    from jaxprune.data import download
-
-    layout = data_lib.BINARY[args.dataset]
-    directory = args.dir or layout.default_dir
-    got = download.fetch(args.dataset, directory, source=args.source, progress=not args.no_progress)
-    counts = f"{got.n_train:,} training and {got.n_test:,} test images"
-    if got.written:
-        print(f"{got.folder}: {layout.title} written ({counts}); use --data {layout.name}-bin:{directory}")
-    else:
-        print(f"{got.folder}: {layout.title} already present ({counts}); left as it is")
-    return 0
-
-
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "study": cmd_study, "report": cmd_report}
-COMMANDS["data"] = cmd_data
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from jaxprune import export
-
-    info = export.export(args.run, args.out_dir, which=args.which)
-    acc = info["metrics"].get("test_acc")
-    acc = f", test accuracy {100 * acc:.2f}%" if acc is not None else ""
-    print(
-        f"{args.out_dir}: epoch {info['source']['epoch']} ({args.which}) of {args.run}, "
-        f"global sparsity {100 * info['sparsity']['global']:.2f}%{acc}"
-    )
-    return 0
-
-
-COMMANDS["export"] = cmd_export
-
-
-def _as_option(name: str, value) -> str:
-    flag = name.replace("_", "-")
-    if isinstance(value, bool):
-        return f"--{flag}" if value else f"--no-{flag}"
-    return f"--{flag} {_show(value)}"
-
-
-def cmd_presets(args: argparse.Namespace) -> int:
-    """Prints what each preset sets (only the fields it changes from the defaults)."""
-    tables = {"train": config_lib.TRAIN_PRESETS, "study": config_lib.STUDY_PRESETS}
-    known = sorted({n for c, t in tables.items() if args.command_name in (None, c) for n in t})
-    if args.name is not None and args.name not in known:
-        raise UsageError(f"no preset {args.name!r}; the presets are {', '.join(known)}")
-    for command, presets in tables.items():
-        if args.command_name not in (None, command):
-            continue
-        for name, values in presets.items():
-            if args.name not in (None, name):
-                continue
-            flat = {**{k: v for k, v in values.items() if k != "train"}, **values.get("train", {})}
-            if command == "study":  # a study sets each phase's epochs itself
-                flat.pop("epochs", None)
-            settings = " ".join(_as_option(k, v) for k, v in flat.items()) or "(the defaults)"
-            print(f"jaxprune {command} --preset {name}: {settings}")
-    return 0
-
-
-COMMANDS["presets"] = cmd_presets
+# ---------------------------------------------------------------- the parser
 
 
 def _add_distributed_options(p: argparse.ArgumentParser) -> None:
@@ -295,28 +134,6 @@ def _add_distributed_options(p: argparse.ArgumentParser) -> None:
                         "checkpoint writes, leaving) before the job fails; a slow host is only slow, "
                         "and a dead one is noticed by JAX's heartbeat in about 100 s (default: "
                         "JAXPRUNE_HOST_TIMEOUT_S, else 1800)")
-
-
-def _join_job(args: argparse.Namespace) -> None:
-    """jax.distributed.initialize for --distributed (before anything uses a device)."""
-    given = [f for f in ("coordinator_address", "num_processes", "process_id")
-             if getattr(args, f, None) not in (None, "", 0, -1)]
-    if not getattr(args, "distributed", False):
-        if given:
-            raise UsageError(f"--{given[0].replace('_', '-')} needs --distributed")
-        return
-    if args.num_processes < 0:
-        raise UsageError(f"--num-processes must be >= 1 (0 = from the environment), got {args.num_processes}")
-    if args.num_processes and not -1 <= args.process_id < args.num_processes:
-        raise UsageError(f"--process-id must be in 0..{args.num_processes - 1}, got {args.process_id}")
-    from jaxprune.runtime import hosts
-
-    try:
-        hosts.initialize(args.coordinator_address, args.num_processes, args.process_id)
-    except (RuntimeError, ValueError) as e:
-        raise UsageError(f"could not join the multi-process job ({str(e).splitlines()[0][:200]}); "
-                         "give --coordinator-address, --num-processes and --process-id, or JAX's "
-                         "JAX_* environment") from None
 
 
 def _preset_asked(argv: Sequence[str]) -> str | None:
@@ -445,125 +262,3 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                    help="train or study (default: both)")
     p.add_argument("name", nargs="?", help="one preset (default: all)")
     return parser
-
-
-def enable_compilation_cache() -> None:
-    """Keeps compiled steps across processes, so a resumed run starts in seconds.
-
-    JAX_COMPILATION_CACHE_DIR, when set, wins; JAXPRUNE_XLA_CACHE=0 turns it off.
-    """
-    import jax
-
-    if os.environ.get("JAXPRUNE_XLA_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
-        return
-    jax.config.update("jax_compilation_cache_dir", str(Path("~/.cache/jaxprune/xla").expanduser()))
-
-
-# XLA's flags for deterministic GPU kernels; read once, when the backend starts.
-DETERMINISTIC_XLA_FLAGS = ("--xla_gpu_deterministic_ops=true", "--xla_gpu_exclude_nondeterministic_ops=true")
-
-
-def request_determinism() -> None:
-    """Adds the deterministic-kernel flags to XLA_FLAGS, before JAX starts its backend."""
-    flags = os.environ.get("XLA_FLAGS", "").split()
-    os.environ["XLA_FLAGS"] = " ".join([*flags, *(f for f in DETERMINISTIC_XLA_FLAGS if f not in flags)])
-
-
-def _usage(message: str) -> int:
-    print(f"jaxprune: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(_preset_asked(argv))
-    args = parser.parse_args(argv)
-    if getattr(args, "deterministic", None):
-        request_determinism()
-    if getattr(args, "host_timeout", None) is not None:
-        if args.host_timeout <= 0:
-            return _usage(f"--host-timeout must be > 0 seconds, got {args.host_timeout}")
-        os.environ["JAXPRUNE_HOST_TIMEOUT_S"] = str(args.host_timeout)
-    from jaxprune.runtime import hosts
-
-    hosts.request_collective_timeouts()
-    enable_compilation_cache()
-    from jaxprune.training.checkpoint import WriteError, install_quiet_hooks, storage_cause
-
-    install_quiet_hooks()
-    from jaxprune.runtime.interrupt import Interrupted
-
-    try:
-        _join_job(args)
-        # Training stops at its next safe point; the rest write through temporary names and stop at once.
-        scope = interrupt.stop_at_safe_points if args.command in ("train", "study") else interrupt.stop_at_once
-        with scope():
-            try:
-                return _leave_job(COMMANDS[args.command](args))
-            except Exception as e:
-                # A library wrapped the stop in an error of its own (Orbax's reads do): it is the stop.
-                if scope is interrupt.stop_at_once and (signum := interrupt.requested()) is not None:
-                    raise Interrupted(signum) from e
-                raise
-    except UserError as e:  # every module's own kind, one line each
-        print(f"jaxprune {args.command}: error: {e}", file=sys.stderr)
-        return _leave_job(EXIT_USAGE)
-    except Interrupted as e:
-        if args.command in ("train", "study"):
-            print(f"jaxprune {args.command}: {e} after saving the last epoch; rerun the same command to resume",
-                  file=sys.stderr)
-        else:
-            print(f"jaxprune {args.command}: {e}; what it had written before is left as it was", file=sys.stderr)
-        return _leave_job(e.exit_code)
-    except KeyboardInterrupt:
-        print(f"jaxprune {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return _leave_job(130)
-    except BrokenPipeError:  # `jaxprune report ... | head`: the reader left; end quietly, as SIGPIPE would
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return _leave_job(141)
-    except (WriteError, OSError) as e:
-        cause = storage_cause(e)
-        if not isinstance(e, WriteError) and cause is None:
-            raise
-        text = str(e) if isinstance(e, WriteError) else (
-            f"cannot write {getattr(e, 'filename', None) or 'a file'} ({cause}); free space (or make the "
-            "folder writable) and rerun the same command to resume")
-        print(f"jaxprune {args.command}: error: {text}", file=sys.stderr)
-        # At once: Orbax's threads of a failed write can wait minutes for a folder
-        # that never appears. Everything kept is already on disk.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)
-    except Exception:
-        from jaxprune.runtime import hosts
-
-        if hosts.count() > 1:  # out at once (see _leave_job), with what to do
-            import traceback
-
-            traceback.print_exc()
-            e = sys.exc_info()[1]
-            print(f"jaxprune {args.command}: error: this process of the job failed ({type(e).__name__}: "
-                  f"{(str(e).splitlines() or [''])[0][:160]}); if another host died, rerun the same "
-                  "command on every host to resume", file=sys.stderr)
-            _leave_job(1)
-        raise
-
-
-def _leave_job(code: int) -> int:
-    """Returns `code`; in a multi-process job that failed, exits at once instead.
-
-    A process that exits normally waits at JAX's shutdown barrier for the
-    others, which may be waiting for it in a collective: both would hang until
-    the heartbeat timeout. Leaving at once lets JAX tell the other processes
-    that this one died, and they end with that line.
-    """
-    from jaxprune.runtime import hosts
-
-    if code and hosts.count() > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
-
-if __name__ == "__main__":
-    sys.exit(main())
