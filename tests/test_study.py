@@ -154,4 +154,7 @@ def test_vmapped_phases_complete_and_match_one_at_a_time(tmp_path):
     for a, b in zip(one, three):
         assert float(a["sparsity"]) == float(b["sparsity"])
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=0.005)  # seen: 0.05%
-        assert float(a["test_acc"]) == pytest.approx(float(b["test_acc"]), abs=0.015)  # seen: 0.4 points
+        # Seen: 0.4 points at 11cbdbb's CI; 2.15 (11 of 512 test images, one phase; train loss
+        # within 0.1%) with the dependencies pip resolved on 2026-12-07 (flax 0.12.8, optax 0.2.8,
+        # numpy 2.4.6, jax 0.10.2): one epoch from a one-epoch baseline sits on a steep slope.
+        assert float(a["test_acc"]) == pytest.approx(float(b["test_acc"]), abs=0.03)
