@@ -1,0 +1,114 @@
+"""What a network costs, as ShrinkBench counts it (Blalock et al., MLSys 2020, "What is the
+State of Neural Network Pruning?"): its parameters, the non-zero ones, and the multiply-adds of
+its convolutions and dense layers for one input.
+
+Units and semantics:
+
+- ``params``: every parameter (kernels, biases, batch-norm scales and offsets; not the
+  running statistics). ``params_nz``: those that are not zero once the masks are applied.
+  ``compression = params / params_nz``.
+- ``flops``: multiply-adds (MACs) for ONE input image of the given shape. A convolution counts
+  ``C_in/groups · C_out · kh · kw · H_out · W_out``, a dense layer ``in · out``; batch norm,
+  biases, activations and pooling are not counted. ``flops_nz``: each layer's flops times the
+  kept fraction of its kernel. ``speedup = flops / flops_nz`` (theoretical: masked weights
+  still run at dense speed on dense kernels).
+- XLA's ``cost_analysis`` counts 2 FLOPs per multiply-add, and counts masked weights as dense.
+
+Shapes come from `jax.eval_shape`, so a full-size network costs no compute to count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCost:
+    """One convolution or dense layer: its kernel's path, weights and multiply-adds."""
+
+    name: str  # the kernel's module path, '/'-joined (e.g. 'layer1_0/conv1')
+    kind: str  # 'conv' or 'dense'
+    weights: int  # kernel entries
+    weights_kept: int  # kernel entries kept (the mask's count; without masks, the non-zero ones)
+    flops: int  # multiply-adds for one input
+    flops_nz: float  # flops times the kernel's kept fraction
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """A network's size and multiply-adds, in total and per layer."""
+
+    layers: tuple[LayerCost, ...]
+    params: int
+    params_nz: int
+    flops: int
+    flops_nz: float
+
+    @property
+    def compression(self) -> float:
+        return self.params / self.params_nz
+
+    @property
+    def speedup(self) -> float:
+        return self.flops / self.flops_nz
+
+
+def _is_counted(module: nn.Module, method: str) -> bool:
+    return isinstance(module, (nn.Conv, nn.Dense)) and method == "__call__"
+
+
+def output_shapes(model: nn.Module, variables: dict, image_shape=(32, 32, 3)) -> dict[tuple[str, ...], tuple]:
+    """{module path: output shape} of every convolution and dense layer, for a batch of one
+    input in eval mode (`jax.eval_shape`: nothing is computed)."""
+
+    def run(v):
+        _, state = model.apply(v, jnp.zeros((1, *image_shape)), train=False, capture_intermediates=_is_counted,
+                               mutable=["intermediates"])
+        return state["intermediates"]
+
+    found = jax.eval_shape(run, variables)
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(found):
+        keys = tuple(str(getattr(k, "key", k)) for k in path)
+        out[keys[: keys.index("__call__")]] = tuple(leaf.shape)
+    return out
+
+
+def cost(model: nn.Module, variables: dict, masks: Any = None, image_shape=(32, 32, 3)) -> Cost:
+    """The network's `Cost` (see the module docstring). `variables` holds 'params' (arrays, or
+    ShapeDtypeStructs when `masks` is None and only counts of weights are wanted); `masks`
+    (a mask pytree over the params, as `jaxprune.init_masks` makes) gives the kept weights."""
+    from jaxprune import masks as masks_lib  # the mask library sits below models; imported late
+
+    params = variables["params"]
+    flat = {tuple(str(getattr(k, "key", k)) for k in p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    mask_flat = ({tuple(str(getattr(k, "key", k)) for k in p): m
+                  for p, m in jax.tree_util.tree_leaves_with_path(masks)} if masks is not None else {})
+    layers = []
+    for path, shape in sorted(output_shapes(model, variables, image_shape).items()):
+        kernel = flat[(*path, "kernel")]
+        size = math.prod(kernel.shape)
+        flops = size * math.prod(shape[1:-1])  # kernel entries times output positions (1 for dense)
+        m = mask_flat.get((*path, "kernel"))
+        if m is not None and np.ndim(m):
+            kept = int(np.count_nonzero(np.asarray(m)))
+        elif isinstance(kernel, jax.ShapeDtypeStruct):
+            kept = size
+        else:
+            kept = int(np.count_nonzero(np.asarray(kernel)))
+        layers.append(LayerCost("/".join(path), "conv" if len(kernel.shape) > 2 else "dense", size, kept, flops,
+                                flops * kept / size))
+    n_params = sum(math.prod(x.shape) for x in flat.values())
+    if any(isinstance(x, jax.ShapeDtypeStruct) for x in flat.values()):
+        nz = n_params  # shapes only: nothing is known to be zero
+    else:
+        applied = masks_lib.apply_masks(params, masks) if masks is not None else params
+        nz = sum(int(np.count_nonzero(np.asarray(x))) for x in jax.tree.leaves(applied))
+    return Cost(tuple(layers), n_params, nz, sum(l.flops for l in layers), sum(l.flops_nz for l in layers))
