@@ -146,3 +146,28 @@ def test_the_model_registry_changes_no_identity_or_name_of_a_resnet18_run():
     assert config_lib.identity(config_lib.TrainConfig(width=64)) == config_lib.identity(now)
     other = config_lib.TrainConfig(model="cifar_resnet_20")
     assert other.width == 16 and config_lib.identity_hash(other) != "44136f"
+
+
+@pytest.mark.slow
+def test_a_study_from_release_11cbdbb_resumes_with_nothing_retrained_and_grows(tmp_path, capsys):
+    # The release before the house moved into folders and metrics.csv gained images_per_s.
+    w = tmp_path / "study"
+    shutil.copytree(FIXTURES / "study-11cbdbb", w)
+    old_rows = rows(w / "results.csv")
+    phases = ("baseline", "oneshot-magnitude-0.50/round-01", "iterative-magnitude-0.50/round-01")
+    old_metrics = {p: (w / p / "metrics.csv").read_bytes() for p in phases}
+    assert b"images_per_s" not in old_metrics["baseline"]
+    assert cli.main([*ARGS, "--targets", "0.5", "--workdir", str(w)]) == 0
+    out = capsys.readouterr().out
+    assert "3 phases (3 finished), 0 of 3 epochs to train" in out and "[1/" not in out
+    assert {p: (w / p / "metrics.csv").read_bytes() for p in phases} == old_metrics  # not trained, not rewritten
+    assert rows(w / "results.csv") == old_rows
+
+    assert cli.main([*ARGS, "--targets", "0.5", "0.75", "--workdir", str(w)]) == 0  # grows: only new phases train
+    out = capsys.readouterr().out
+    assert "oneshot-magnitude-0.75/round-01" in out and "oneshot-magnitude-0.50" not in out
+    assert {p: (w / p / "metrics.csv").read_bytes() for p in phases} == old_metrics
+    new = rows(w / "oneshot-magnitude-0.75" / "round-01" / "metrics.csv")
+    assert new and all(float(r["images_per_s"]) > 0 for r in new)
+    assert rows(w / "results.csv")[: len(old_rows)] == old_rows
+    assert (w / "report" / "report.md").is_file()
