@@ -29,13 +29,16 @@ def test_every_public_submodule_is_an_attribute_after_import_jaxprune():
     got = json.loads(_fresh(f"""
 import importlib, json, sys, types, jaxprune
 light = "jax" not in sys.modules
+import jaxprune.cli  # the command's package: its handlers go in before JAX comes
+light_cli = "jax" not in sys.modules
 kinds = {{n: isinstance(getattr(jaxprune, n), types.ModuleType) for n in {names!r}}}
 # A module that moved is the same module under its old name, however it is imported.
 same = {{old: importlib.import_module("jaxprune." + old) is importlib.import_module("jaxprune." + new)
         is getattr(jaxprune, old) for old, new in jaxprune.MOVED.items()}}
-print(json.dumps({{"light": light, "kinds": kinds, "same": same, "dir": sorted(dir(jaxprune))}}))
+print(json.dumps({{"light": light, "light_cli": light_cli, "kinds": kinds, "same": same, "dir": sorted(dir(jaxprune))}}))
 """))
     assert got["light"], "import jaxprune imported JAX"
+    assert got["light_cli"], "import jaxprune.cli imported JAX"
     assert got["kinds"] == {n: True for n in names}
     assert got["same"] == {old: True for old in jaxprune.MOVED}
     assert set(names) <= set(got["dir"])
