@@ -18,15 +18,14 @@ from jaxprune.data import sources as data_lib
 
 def cmd_train(args: argparse.Namespace) -> int:
     from jaxprune.runtime import hosts
-    from jaxprune.training import loop, train
+    from jaxprune.training import loop
 
     cfg = train_config(args).validate()
     workdir = Path(args.workdir) if args.workdir else default_train_workdir(cfg)
     dataset = data_lib.load(cfg.data).prepared(cfg)  # idempotent: the loop keeps it as it is
-    images = train.images_per_epoch(cfg, len(dataset.train_labels))
     # Without a progress bar, one line per epoch: where it is, how fast, how long to go.
     lines = not cfg.progress and hosts.primary()
-    say = (lambda row: print(epoch_line(workdir.name, row, cfg.epochs, images), flush=True)) if lines else None
+    say = (lambda row: print(epoch_line(workdir.name, row, cfg.epochs), flush=True)) if lines else None
     compiled = (lambda s: print(f"{workdir.name}: compiled in {s:.1f} s", flush=True)) if lines else None
     result = loop.train_and_evaluate(cfg, workdir, dataset=dataset, on_epoch=say, on_compiled=compiled)
     last = result.history[-1]
@@ -42,14 +41,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def epoch_line(name: str, row: dict, epochs: int, images: int) -> str:
+def epoch_line(name: str, row: dict, epochs: int) -> str:
     """'run: epoch 3/90, loss 1.2345, test 45.67%, 12.3 s (4,065 images/s), about 17 min left'."""
     from jaxprune.study import driver as study
 
     seconds = max(row["seconds"], 1e-9)
     left = (epochs - row["epoch"]) * seconds  # at this epoch's pace (compiling is counted apart)
     return (f"{name}: epoch {row['epoch']}/{epochs}, loss {row['train_loss']:.4f}, test {100 * row['test_acc']:.2f}%, "
-            f"{seconds:.1f} s ({images / seconds:,.0f} images/s), about {study.duration(left)} left")
+            f"{seconds:.1f} s ({row['images_per_s']:,.0f} images/s), about {study.duration(left)} left")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

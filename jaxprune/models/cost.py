@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune import masks as masks_lib
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerCost:
@@ -73,10 +75,9 @@ def output_shapes(model: nn.Module, variables: dict, image_shape=(32, 32, 3)) ->
                                mutable=["intermediates"])
         return state["intermediates"]
 
-    found = jax.eval_shape(run, variables)
     out = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(found):
-        keys = tuple(str(getattr(k, "key", k)) for k in path)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(jax.eval_shape(run, variables)):
+        keys = masks_lib.path_names(path)
         out[keys[: keys.index("__call__")]] = tuple(leaf.shape)
     return out
 
@@ -85,12 +86,12 @@ def cost(model: nn.Module, variables: dict, masks: Any = None, image_shape=(32, 
     """The network's `Cost` (see the module docstring). `variables` holds 'params' (arrays, or
     ShapeDtypeStructs when `masks` is None and only counts of weights are wanted); `masks`
     (a mask pytree over the params, as `jaxprune.init_masks` makes) gives the kept weights."""
-    from jaxprune import masks as masks_lib  # the mask library sits below models; imported late
+    def by_path(tree) -> dict[tuple[str, ...], Any]:
+        return {masks_lib.path_names(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
     params = variables["params"]
-    flat = {tuple(str(getattr(k, "key", k)) for k in p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
-    mask_flat = ({tuple(str(getattr(k, "key", k)) for k in p): m
-                  for p, m in jax.tree_util.tree_leaves_with_path(masks)} if masks is not None else {})
+    flat = by_path(params)
+    mask_flat = by_path(masks) if masks is not None else {}
     layers = []
     for path, shape in sorted(output_shapes(model, variables, image_shape).items()):
         kernel = flat[(*path, "kernel")]
