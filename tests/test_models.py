@@ -62,3 +62,20 @@ def test_torch_style_init_bounds():
     k = np.asarray(variables["params"]["layer1_0"]["conv1"]["kernel"])
     bound = 1 / np.sqrt(3 * 3 * 8)
     assert np.abs(k).max() <= bound and np.abs(k).max() > 0.9 * bound
+
+
+def test_tiny_is_the_shape_its_docstring_gives_and_exports_under_torch_names():
+    from jaxprune import export
+    from jaxprune.models import count_params, get
+
+    spec = get("tiny")
+    v = jax.eval_shape(lambda: spec.build(10).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    shapes = jax.tree.map(lambda s: s.shape, v["params"])
+    assert shapes == {"conv1": {"kernel": (3, 3, 3, 8)}, "bn1": {"scale": (8,), "bias": (8,)},
+                      "conv2": {"kernel": (3, 3, 8, 16)}, "bn2": {"scale": (16,), "bias": (16,)},
+                      "fc": {"kernel": (256, 10), "bias": (10,)}}  # 4x4 grid x 16 channels
+    assert count_params(v["params"]) == 216 + 1_152 + 2_560 + 10 + 2 * (8 + 16) == 3_986
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), v)
+    sd = export.to_torch_state_dict(zeros["params"], zeros["batch_stats"], model="tiny")
+    assert list(sd) == export.torch_keys("tiny")
+    assert sd["conv2.weight"].shape == (16, 8, 3, 3) and sd["fc.weight"].shape == (10, 256)

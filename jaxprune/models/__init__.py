@@ -9,9 +9,10 @@ from jaxprune.models.cifar_vgg import CifarVGG
 from jaxprune.models.layers import BatchNorm, count_params, init_variables, torch_bias_init, torch_kernel_init
 from jaxprune.models.registry import DEFAULT, ModelError, ModelSpec, get, names, register, register_family
 from jaxprune.models.resnet18 import BasicBlock, ResNet18
+from jaxprune.models.tiny import Tiny
 
 __all__ = [
-    "BasicBlock", "BatchNorm", "CifarResNet", "CifarVGG", "DEFAULT", "ModelError", "ModelSpec", "ResNet18",
+    "BasicBlock", "BatchNorm", "CifarResNet", "CifarVGG", "DEFAULT", "ModelError", "ModelSpec", "ResNet18", "Tiny",
     "count_params", "get", "init_variables", "names", "register", "register_family", "torch_bias_init",
     "torch_kernel_init",
 ]

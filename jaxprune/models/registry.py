@@ -9,7 +9,8 @@ its own to be pruned. Built in:
 
 - ``resnet18``: kuangliu/pytorch-cifar's, the write-up's (the default);
 - ``cifar_resnet_N`` (N = 6k + 2: 20, 32, 44, 56, 110, ...): open_lth's CIFAR ResNets;
-- ``cifar_vgg_N`` (N = 11, 13, 16, 19): open_lth's CIFAR VGGs.
+- ``cifar_vgg_N`` (N = 11, 13, 16, 19): open_lth's CIFAR VGGs;
+- ``tiny``: two convs and a dense layer, to check a pipeline in seconds (the tests' model).
 
 A user's model joins with `register`; a family of names (like
 ``cifar_resnet_N``) with `register_family`. Names are matched exactly first,
@@ -24,7 +25,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
-from jaxprune.models import cifar_resnet, cifar_vgg, resnet18
+from jaxprune.models import cifar_resnet, cifar_vgg, resnet18, tiny
 from jaxprune.runtime.errors import UserError
 
 Factory = Callable[[int, int, Any], nn.Module]  # (num_classes, width, dtype) -> module
@@ -125,6 +126,14 @@ register(
     torch="ResNet18 of kuangliu/pytorch-cifar models/resnet.py, stage widths width x (1, 2, 4, 8)",
     torch_layout=resnet18.torch_modules,
     names_look_like="stem_conv/kernel, layer1_0/conv1/kernel, layer2_0/shortcut_conv/kernel, head/kernel",
+)
+
+register(
+    "tiny", lambda classes, width, dtype: tiny.Tiny(classes, width, dtype), width=8,
+    help="two 3x3 convs with batch norm and a dense layer (3,986 params at width 8 on 32x32 images): checks a pipeline in seconds",
+    torch="jaxprune.models.tiny's two-conv net (conv1, bn1, conv2, bn2, fc)",
+    torch_layout=tiny.torch_modules,
+    names_look_like="conv1/kernel, conv2/kernel, fc/kernel",
 )
 
 

@@ -10,7 +10,9 @@ occurrence of EVENT in this process performs ACTION:
 - ``int``: SIGINT this process (Ctrl-C);
 - ``fill``: fill the file system holding the path in ``JAXPRUNE_FAULT_PATH``
   (a file ``.jaxprune-fill`` there, written until ENOSPC), so the next write
-  fails as on a full disk.
+  fails as on a full disk;
+- ``pause``: wait until the file ``JAXPRUNE_FAULT_PATH`` exists (checked every
+  20 ms), so a test can act while the process is held at a known point.
 
 Faults land on events, not on timers, so a test lands the same faults on any
 machine, fast or slow. Unset (users), a fault point costs a dict lookup.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 
 EVENTS = (
     "checkpoint-save-started",  # a checkpoint's write is under way (its temporary folder exists)
@@ -42,8 +45,8 @@ def _parse(text: str) -> tuple[str, int, str] | None:
         return None
     parts = text.split(":")
     event, n, action = parts[0], int(parts[1]) if len(parts) > 1 else 1, parts[2] if len(parts) > 2 else "kill"
-    if event not in EVENTS or action not in ("kill", "term", "int", "fill") or n < 1:
-        raise ValueError(f"JAXPRUNE_FAULT={text!r}: want EVENT:N[:kill|term|int|fill] with EVENT one of {', '.join(EVENTS)}")
+    if event not in EVENTS or action not in ("kill", "term", "int", "fill", "pause") or n < 1:
+        raise ValueError(f"JAXPRUNE_FAULT={text!r}: want EVENT:N[:kill|term|int|fill|pause] with EVENT one of {', '.join(EVENTS)}")
     return event, n, action
 
 
@@ -58,6 +61,9 @@ def fault_point(event: str) -> None:
     signals = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}
     if spec[2] in signals:
         os.kill(os.getpid(), signals[spec[2]])
+    elif spec[2] == "pause":
+        while not os.path.exists(os.environ["JAXPRUNE_FAULT_PATH"]):
+            time.sleep(0.02)
     else:
         fill(os.environ["JAXPRUNE_FAULT_PATH"])
 

@@ -184,6 +184,14 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         "step": 0.5,
         "shared_chain": True,
     },
+    # The smoke study on the two-conv `tiny` model: the whole machinery in seconds.
+    "tiny": {
+        "train": TRAIN_PRESETS["tiny"],
+        "baseline_epochs": 3,
+        "round_epochs": 1,
+        "step": 0.5,
+        "shared_chain": True,
+    },
     # open_lth's lottery runner (lottery/runner.py): prune 20% of what remains per level
     # (sparse_global, pruning_fraction=0.2), then train the survivors again from the
     # weights of step 0 (rewinding_steps unset: train_start_step 0) for the full 160 epochs:

@@ -286,6 +286,17 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 64,
         "eval_batch_size": 512,
     },
+    # The smoke preset on the two-conv `tiny` model: checks a pipeline (and the tests'
+    # machinery) in seconds, where nothing depends on ResNet18.
+    "tiny": {
+        "data": "synthetic:2048,512",
+        "schedule": "cosine",
+        "model": "tiny",
+        "width": 8,
+        "epochs": 3,
+        "batch_size": 64,
+        "eval_batch_size": 512,
+    },
     "openlth-resnet20": {**_OPEN_LTH, "model": "cifar_resnet_20"},
     # open_lth leaves the VGG's output layer unpruned (pruning_layers_to_ignore='fc.weight').
     "openlth-vgg16": {**_OPEN_LTH, "model": "cifar_vgg_16", "exclude": ("fc",)},
