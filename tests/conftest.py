@@ -43,7 +43,7 @@ def pytest_ignore_collect(collection_path, config):
 
 # A small finished study, trained once per session for the tests that only read it
 # (or change a copy): a 1-epoch baseline and one-shot magnitude pruning to 50%.
-SMALL_STUDY = ["study", "--preset", "smoke", "--data", "synthetic:256,64", "--methods", "magnitude",
+SMALL_STUDY = ["study", "--preset", "tiny", "--data", "synthetic:256,64", "--methods", "magnitude",
                "--schedules", "oneshot", "--targets", "0.5", "--baseline-epochs", "1", "--no-progress", "--no-report"]
 
 

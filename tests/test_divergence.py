@@ -11,7 +11,7 @@ from jaxprune.training import rundir
 pytestmark = pytest.mark.slow  # every test here trains or starts processes that import jax
 
 DATA = ["--data", "synthetic:256,64", "--no-progress"]
-STUDY = ["study", "--preset", "smoke", *DATA, "--methods", "magnitude", "--targets", "0.5", "0.75"]
+STUDY = ["study", "--preset", "tiny", *DATA, "--methods", "magnitude", "--targets", "0.5", "0.75"]
 
 
 def rows(path):
@@ -21,7 +21,7 @@ def rows(path):
 
 def test_a_diverged_study_names_its_phases_reports_them_and_exits_1(tmp_path, capsys):
     base = tmp_path / "base"
-    assert cli.main(["train", "--preset", "smoke", *DATA, "--epochs", "2", "--workdir", str(base)]) == 0
+    assert cli.main(["train", "--preset", "tiny", *DATA, "--epochs", "2", "--workdir", str(base)]) == 0
     w = tmp_path / "study"
     args = [*STUDY, "--baseline", str(base), "--lr", "1e30", "--workdir", str(w)]
     capsys.readouterr()
@@ -54,7 +54,7 @@ def test_a_diverged_study_names_its_phases_reports_them_and_exits_1(tmp_path, ca
 
 
 def test_a_diverged_training_run_stops_in_one_line_unless_told_to_continue(tmp_path, capsys):
-    run = ["train", "--preset", "smoke", *DATA, "--epochs", "4", "--lr", "1e30"]
+    run = ["train", "--preset", "tiny", *DATA, "--epochs", "4", "--lr", "1e30"]
     assert cli.main([*run, "--workdir", str(tmp_path / "stop")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "diverged at epoch 1" in err[0] and err[1].startswith("jaxprune train: ")

@@ -57,7 +57,7 @@ def test_restore_with_plain_orbax(small_study):
                            capture_output=True, text=True, timeout=300, env=env)
     assert usage.returncode == 2 and usage.stderr.startswith("usage: ") and "Traceback" not in usage.stderr
     expected = evaluation.evaluate_checkpoint(phase)
-    assert f"21 pruned kernels, sparsity {expected.sparsity.total.sparsity:.4f}" in lines
+    assert f"3 pruned kernels, sparsity {expected.sparsity.total.sparsity:.4f}" in lines
     assert f"sparsity {expected.sparsity.total.sparsity:.4f}".endswith("0.5000")
     assert f"test accuracy {100 * expected.test_acc:.2f}%" in lines[0]
     assert "pruned weights all 0: True" in lines

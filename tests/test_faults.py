@@ -20,7 +20,7 @@ from jaxprune.training import rundir
 pytestmark = pytest.mark.slow  # every test here trains or starts processes that import jax
 
 PY = [sys.executable, "-m", "jaxprune"]
-TRAIN = ["train", "--preset", "smoke", "--data", "synthetic:512,128", "--no-progress"]
+TRAIN = ["train", "--preset", "tiny", "--data", "synthetic:512,128", "--no-progress"]
 
 
 def _mount(*args: str) -> None:

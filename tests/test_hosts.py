@@ -15,7 +15,7 @@ from jaxprune import cli
 pytestmark = pytest.mark.slow  # every test here trains or starts processes that import jax
 
 CLI = [sys.executable, "-c", "import sys; from jaxprune import cli; sys.exit(cli.main())"]
-STUDY = ["study", "--preset", "smoke", "--data", "synthetic:256,64", "--methods", "magnitude",
+STUDY = ["study", "--preset", "tiny", "--data", "synthetic:256,64", "--methods", "magnitude",
          "--targets", "0.5", "0.75", "--baseline-epochs", "1", "--parallel-runs", "2", "--no-report",
          "--no-progress"]
 
@@ -110,14 +110,14 @@ def test_two_processes_run_one_study_survive_a_lost_host_and_match_one_process(t
 
 
 def test_distributed_options_without_distributed_are_refused(capsys):
-    assert cli.main(["study", "--preset", "smoke", "--num-processes", "2"]) == 2
+    assert cli.main(["study", "--preset", "tiny", "--num-processes", "2"]) == 2
     assert "--num-processes needs --distributed" in capsys.readouterr().err
 
 
 def test_sigterm_to_one_host_stops_both_after_the_same_epoch_and_a_rerun_completes(tmp_path):
     # A scheduler's SIGTERM may reach one host only (or each at its own moment):
     # the processes agree on the stop, so none waits for the others in a collective.
-    args = ["train", "--preset", "smoke", "--data", "synthetic:256,64", "--epochs", "4", "--no-progress",
+    args = ["train", "--preset", "tiny", "--data", "synthetic:256,64", "--epochs", "4", "--no-progress",
             "--workdir", str(tmp_path / "run")]
     procs = start_job(args, 2, tmp_path, tag="t")
     metrics = tmp_path / "run" / "metrics.csv"

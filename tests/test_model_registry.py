@@ -164,7 +164,7 @@ def check_registered(spec, Tiny):
 @pytest.mark.parametrize("bad, message", [
     ("cifar_resnet_21", "unknown model 'cifar_resnet_21'"),
     ("cifar_vgg_17", "unknown model 'cifar_vgg_17'"),
-    ("resnet", "choose from resnet18, cifar_resnet_N"),
+    ("resnet", "choose from resnet18, tiny, cifar_resnet_N"),
 ])
 def test_unknown_names_are_refused_with_the_choices(bad, message):
     with pytest.raises(models.ModelError, match=message):

@@ -14,7 +14,7 @@ from jaxprune.study import driver as study
 from jaxprune.models import init_variables
 
 MODES = ["retrain", "finetune", "lr-rewind", "weight-rewind", "reinit", "shuffle"]
-ARGS = ["study", "--preset", "smoke", "--data", "synthetic:256,64", "--retrain", *MODES, "--rewind-epoch", "1", "--methods", "magnitude",
+ARGS = ["study", "--preset", "tiny", "--data", "synthetic:256,64", "--retrain", *MODES, "--rewind-epoch", "1", "--methods", "magnitude",
         "--schedules", "oneshot", "--targets", "0.5", "--baseline-epochs", "2", "--seeds", "0", "1",
         "--no-progress", "--no-report"]
 
@@ -133,7 +133,7 @@ def test_shuffle_keeps_each_layers_count_and_moves_its_positions(modes_study):
 @pytest.mark.slow
 def test_a_validation_split_chooses_the_best_epoch(tmp_path):
     w = tmp_path / "run"
-    assert cli.main(["train", "--preset", "smoke", "--epochs", "2", "--val-split", "256", "--workdir", str(w),
+    assert cli.main(["train", "--preset", "tiny", "--epochs", "2", "--val-split", "256", "--workdir", str(w),
                      "--no-progress"]) == 0
     rows = rundir.read_metrics(w)
     assert all(r["val_acc"] is not None and 0 <= r["val_acc"] <= 1 for r in rows)
@@ -170,7 +170,7 @@ def test_a_mode_added_by_one_table_entry_is_planned_named_configured_and_started
     ))
     with pytest.raises(ValueError, match="already registered"):
         modes.register_retraining(modes.Retraining("half-lr", "again"))
-    cfg = config.study_preset("smoke", retrain=("retrain", "half-lr"), methods=("magnitude",),
+    cfg = config.study_preset("tiny", retrain=("retrain", "half-lr"), methods=("magnitude",),
                               schedules=("oneshot",), targets=(0.5,))
     cfg.validate()
     with pytest.raises(config.ConfigError, match="half-lr needs --round-epochs 1"):

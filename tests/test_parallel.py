@@ -18,7 +18,7 @@ from jaxprune.models import init_variables
 
 
 def tiny(**overrides):
-    base = dict(data="synthetic:128,40", width=4, epochs=2, batch_size=32, eval_batch_size=16, progress=False)
+    base = dict(data="synthetic:128,40", model="tiny", width=4, epochs=2, batch_size=32, eval_batch_size=16, progress=False)
     return config.TrainConfig(**{**base, **overrides})
 
 
@@ -94,7 +94,7 @@ def test_grouped_runs_write_their_own_dirs_and_resume_exactly(tmp_path):
             np.testing.assert_array_equal(a, b)
     for s in range(2):
         assert len((tmp_path / "cut" / f"run{s}" / "metrics.csv").read_text().splitlines()) == 3
-    assert not np.array_equal(whole[0].state.params["head"]["kernel"], whole[1].state.params["head"]["kernel"])
+    assert not np.array_equal(whole[0].state.params["fc"]["kernel"], whole[1].state.params["fc"]["kernel"])
 
 
 def test_more_devices_than_present_is_refused():

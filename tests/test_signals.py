@@ -22,7 +22,7 @@ DATA = ["--data", "synthetic:256,64", "--no-progress"]
 @pytest.mark.slow
 def test_sigint_half_a_second_after_a_study_starts_exits_130_in_one_line(tmp_path):
     w = tmp_path / "study"
-    proc = subprocess.Popen([*MAIN, "study", "--preset", "smoke", *DATA, "--workdir", str(w)],
+    proc = subprocess.Popen([*MAIN, "study", "--preset", "tiny", *DATA, "--workdir", str(w)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)

@@ -104,7 +104,7 @@ def test_smoke_study_end_to_end(tmp_path, capsys):
     ],
 )
 def test_bad_study_input(tmp_path, capsys, args, words):
-    code = cli.main(["study", "--preset", "smoke", "--workdir", str(tmp_path / "w"), *args])
+    code = cli.main(["study", "--preset", "tiny", "--workdir", str(tmp_path / "w"), *args])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0]
@@ -113,17 +113,17 @@ def test_bad_study_input(tmp_path, capsys, args, words):
 
 @pytest.mark.slow
 def test_mismatched_baseline_and_foreign_workdir_are_refused(tmp_path, capsys, small_study):
-    base = small_study / "baseline"  # a finished 1-epoch smoke run, read only
+    base = small_study / "baseline"  # a finished 1-epoch tiny run at width 8, read only
     tiny = ["--data", "synthetic:256,64"]
     capsys.readouterr()
-    code = cli.main(["study", "--preset", "smoke", *tiny, "--width", "8", "--baseline", str(base),
+    code = cli.main(["study", "--preset", "tiny", *tiny, "--width", "4", "--baseline", str(base),
                      "--workdir", str(tmp_path / "s")])
     err = capsys.readouterr().err
-    assert code == 2 and "width-4" in err and "don't match" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "width-8" in err and "don't match" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()
     # A study dir holding another study's results is refused and left as it was.
     s = tmp_path / "s2"
-    small = ["study", "--preset", "smoke", *tiny, "--baseline", str(base), "--methods", "magnitude", "--schedules",
+    small = ["study", "--preset", "tiny", *tiny, "--baseline", str(base), "--methods", "magnitude", "--schedules",
              "oneshot", "--targets", "0.5", "--no-progress", "--no-report", "--workdir", str(s)]
     assert cli.main(small) == 0
     before = (s / "results.csv").read_bytes()
@@ -143,8 +143,8 @@ def test_vmapped_phases_complete_and_match_one_at_a_time(tmp_path):
     XLA batches their convolutions into grouped ones, which round differently in the last
     bits, so results agree with --parallel-runs 1 within a tolerance, not bit for bit."""
     base = tmp_path / "base"
-    assert cli.main(["train", "--preset", "smoke", "--epochs", "1", "--workdir", str(base), "--no-progress"]) == 0
-    common = ["study", "--preset", "smoke", "--baseline", str(base), "--methods", "magnitude",
+    assert cli.main(["train", "--preset", "tiny", "--epochs", "1", "--workdir", str(base), "--no-progress"]) == 0
+    common = ["study", "--preset", "tiny", "--baseline", str(base), "--methods", "magnitude",
               "--schedules", "oneshot", "--no-progress", "--no-report"]
     assert cli.main([*common, "--workdir", str(tmp_path / "one")]) == 0
     assert cli.main([*common, "--parallel-runs", "3", "--workdir", str(tmp_path / "three")]) == 0

@@ -22,7 +22,7 @@ from jaxprune.models import init_variables
 
 
 def tiny(**overrides):
-    base = dict(data="synthetic:256,50", width=4, epochs=3, batch_size=32, eval_batch_size=16, progress=False)
+    base = dict(data="synthetic:256,50", model="tiny", width=4, epochs=3, batch_size=32, eval_batch_size=16, progress=False)
     return config.TrainConfig(**{**base, **overrides})
 
 
@@ -225,7 +225,7 @@ def test_seed_preset_trains_every_image_at_the_write_ups_learning_rates(tmp_path
     from jaxprune import cli
 
     workdir = tmp_path / "seed"
-    args = ["train", "--preset", "seed", "--data", "synthetic:300,50", "--width", "4", "--epochs", "3",
+    args = ["train", "--preset", "seed", "--model", "tiny", "--data", "synthetic:300,50", "--width", "4", "--epochs", "3",
             "--workdir", str(workdir), "--no-progress"]
     assert cli.main(args) == 0
     rows = rundir.read_metrics(workdir)
@@ -246,16 +246,16 @@ import dataclasses, jax.numpy as jnp, numpy as np
 from jaxprune import config
 from jaxprune.data import sources as data
 from jaxprune.training import train
-from jaxprune.models import ResNet18, init_variables
+from jaxprune.models import Tiny, init_variables
 ds = data.synthetic(7 * 32 + 10, 20)  # 7 full batches of 32 and one of 10
-cfg = config.TrainConfig(data="synthetic:1", width=4, batch_size=32, epochs=2, progress=False)
-variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), init_variables(ResNet18(width=4), 0))
+cfg = config.TrainConfig(data="synthetic:1", model="tiny", width=4, batch_size=32, epochs=2, progress=False)
+variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), init_variables(Tiny(width=4), 0))
 out = {}
 for k in (1, 3):  # one step per dispatch; chunks of 3, 3 and a ragged 1, then the partial batch
     c = dataclasses.replace(cfg, steps_per_dispatch=k)
     n_steps = train.steps_per_epoch(c, len(ds.train_labels))
     tx = train.make_optimizer(c, n_steps)
-    fns = train.make_step_fns(ResNet18(width=4, dtype=jnp.float64), tx, c)
+    fns = train.make_step_fns(Tiny(width=4, dtype=jnp.float64), tx, c)
     state = train.create_train_state(variables, tx, 0)
     for epoch in (1, 2):
         state, m = fns.train_epoch(state, ds.train_images, ds.train_labels, epoch)
@@ -297,7 +297,7 @@ def test_bfloat16_run_trains_resumes_and_evaluates(tmp_path, tiny_setup):
     with pytest.raises(Crash):
         loop.train_and_evaluate(cfg, tmp_path / "cut", dataset=ds, on_epoch=crash)
     resumed = loop.train_and_evaluate(cfg, tmp_path / "cut", dataset=ds)
-    assert whole.state.params["head"]["kernel"].dtype == jnp.float32  # parameters stay float32
+    assert whole.state.params["fc"]["kernel"].dtype == jnp.float32  # parameters stay float32
     strip = lambda h: [{k: v for k, v in r.items() if k not in rundir.TIMING_FIELDS} for r in h]  # noqa: E731
     assert strip(whole.history) == strip(resumed.history)
     for x, y in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state)):
@@ -319,7 +319,7 @@ def test_deterministic_flag_reaches_xla_and_runs(tmp_path):
             "rc = cli.main(sys.argv[1:]); print(os.environ['XLA_FLAGS']); sys.exit(rc)")
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # a cache hit compiles nothing
     result = subprocess.run(
-        [sys.executable, "-c", code, "train", "--preset", "smoke", "--data", "synthetic:256,64", "--epochs", "1",
+        [sys.executable, "-c", code, "train", "--preset", "tiny", "--data", "synthetic:256,64", "--epochs", "1",
          "--deterministic", "--workdir", str(workdir), "--no-progress"],
         capture_output=True, text=True, timeout=600,
         env={**env, "JAXPRUNE_XLA_CACHE": "0", "XLA_FLAGS": "--xla_cpu_use_thunk_runtime=true"},

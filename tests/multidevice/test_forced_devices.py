@@ -17,7 +17,7 @@ import jaxprune
 from jaxprune import cli, config
 from jaxprune.data import sources as data
 from jaxprune.training import devices, loop, train
-from jaxprune.models import ResNet18, init_variables
+from jaxprune.models import Tiny, init_variables
 
 
 def test_four_forced_devices_are_present():
@@ -39,7 +39,7 @@ def test_data_parallel_over_two_devices_matches_one(tmp_path):
     # Compared in float64 for the params: in float32 a ReLU kink crossed by
     # rounding makes 1 vs 2 devices differ by ~1e-2 (jax 0.6).
     try:
-        cfg = config.TrainConfig(data="synthetic:128,40", width=4, epochs=1, batch_size=32,
+        cfg = config.TrainConfig(data="synthetic:128,40", model="tiny", width=4, epochs=1, batch_size=32,
                                  eval_batch_size=16, progress=False)
         ds = data.load(cfg.data)
         v = init_variables(train.build_model(cfg), 0)
@@ -47,13 +47,13 @@ def test_data_parallel_over_two_devices_matches_one(tmp_path):
         def run(n, dtype, steps):
             c = dataclasses.replace(cfg, devices=n)
             tx = train.make_optimizer(c, 100)
-            fns = train.make_step_fns(ResNet18(data.NUM_CLASSES, c.width, dtype), tx, c)
+            fns = train.make_step_fns(Tiny(data.NUM_CLASSES, c.width, dtype), tx, c)
             st = train.create_train_state(jax.tree.map(lambda a: jnp.asarray(a, dtype), v), tx, 0, None, devices.mesh(n))
             x, y = devices.put_replicated((ds.train_images[:32], ds.train_labels[:32]), devices.mesh(n))
             for _ in range(steps):
                 st, m = fns.train_step(st, x, y)
             ev = fns.evaluate(st.params, st.batch_stats, st.masks, *devices.put_replicated((ds.test_images, ds.test_labels), devices.mesh(n)))
-            assert len(st.params["head"]["kernel"].sharding.device_set) == n
+            assert len(st.params["fc"]["kernel"].sharding.device_set) == n
             return jax.tree.map(np.asarray, (st.params, st.batch_stats)), float(m[0]), float(ev["test_acc"])
 
         def maxdiff(a, b):
@@ -96,11 +96,11 @@ def test_runs_sharded_over_four_devices_match_one(tmp_path):
         # 2 x 2 mesh (each run's batch split over 2 devices), against each run alone
         # on one device. Equal to float64 rounding (seen: ~1e-15).
         jax.config.update("jax_enable_x64", True)
-        cfg = config.TrainConfig(data="synthetic:128,40", width=4, epochs=1, batch_size=32, eval_batch_size=16,
+        cfg = config.TrainConfig(data="synthetic:128,40", model="tiny", width=4, epochs=1, batch_size=32, eval_batch_size=16,
                                  progress=False, devices=1)
         ds = data.load(cfg.data)
         x, y = ds.train_images[:32], ds.train_labels[:32]
-        model = ResNet18(data.NUM_CLASSES, cfg.width, jnp.float64)
+        model = Tiny(data.NUM_CLASSES, cfg.width, jnp.float64)
         tx = train.make_optimizer(cfg, 100)
         alone_mesh = devices.mesh(1)
         states = []
@@ -122,7 +122,7 @@ def test_runs_sharded_over_four_devices_match_one(tmp_path):
                                                        tx, seed, s.masks, mesh) for seed, s in enumerate(states[:runs])], mesh)
             for _ in range(2):
                 st, _ = many.train_step(st, x, y)
-            kernel = st.params["head"]["kernel"]
+            kernel = st.params["fc"]["kernel"]
             assert kernel.sharding.spec[0] == "runs" and len(kernel.sharding.device_set) == 4, kernel.sharding
             assert {sh.data.shape[0] for sh in kernel.addressable_shards} == {runs // shape[0]}
             ev = many.evaluate(st.params, st.batch_stats, st.masks, *devices.put_replicated((ds.test_images, ds.test_labels), mesh))
@@ -140,8 +140,8 @@ def test_runs_sharded_over_four_devices_match_one(tmp_path):
         # --parallel-runs 1 on one device: the same rows, within float32 tolerance
         # (a batched convolution rounds differently, and training amplifies it).
         small = ["--data", "synthetic:512,128", "--no-progress"]
-        assert cli.main(["train", "--preset", "smoke", "--epochs", "1", "--devices", "1", "--workdir", f"{tmp_path}/base", *small]) == 0
-        common = ["study", "--preset", "smoke", "--baseline", f"{tmp_path}/base", "--methods", "magnitude", "--targets",
+        assert cli.main(["train", "--preset", "tiny", "--epochs", "1", "--devices", "1", "--workdir", f"{tmp_path}/base", *small]) == 0
+        common = ["study", "--preset", "tiny", "--baseline", f"{tmp_path}/base", "--methods", "magnitude", "--targets",
                   "0.5", "0.75", "0.875", "0.9", "--schedules", "oneshot", "--no-report", *small]
         assert cli.main([*common, "--devices", "1", "--workdir", f"{tmp_path}/one"]) == 0
         assert cli.main([*common, "--parallel-runs", "4", "--devices", "4", "--workdir", f"{tmp_path}/four"]) == 0
