@@ -62,13 +62,20 @@ def test_report_from_a_small_fixture(tmp_path):
     add("iterative", "magnitude", 0.9, 3, 0.91, [0.89, 0.88])
     write_results(tmp_path, rows, OLD_FIELDS)
     df = report.read_results(tmp_path)
-    assert list(df.columns) == ["model", "data", *FIELDS, "diverged"] and set(df["seed"]) == {0}
+    cost = ["params", "params_nz", "compression", "flops", "flops_nz", "speedup"]
+    assert list(df.columns) == ["model", "data", *FIELDS[:3], "structure", *FIELDS[3:8], *cost, *FIELDS[8:],
+                                "diverged"] and set(df["seed"]) == {0}
+    # Newer columns: pruned phases removed single weights; sizes were not counted then (no Table 12).
+    assert set(zip(df["schedule"], df["structure"])) == {("baseline", ""), ("oneshot", "unstructured"),
+                                                         ("iterative", "unstructured")}
+    assert df[cost].isna().all().all()
     assert df["val_acc"].isna().all() and set(df["model"]) == {"resnet18"} and set(df["data"]) == {""}
     assert (df["diverged"] == 0).all()  # derived from the finite losses: the column is newer than the file
     assert set(zip(df["schedule"], df["retrain"], df["distribution"])) == {
         ("baseline", "", ""), ("oneshot", "retrain", "global"), ("iterative", "retrain", "global")}
     assert cli.main(["report", str(tmp_path)]) == 0
     out = tmp_path / "report"
+    assert not (out / "table12_cost.md").exists() and not (out / "buys.png").exists()
     t1 = read_rows(out / "table1_oneshot.csv")
     assert stats(t1, "sparsity (%)", "method") == {("50", "magnitude"): ("92.00", "", "1", "", ""),
                                                    ("90", "magnitude"): ("85.00", "", "1", "", "")}

@@ -7,9 +7,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
-from jaxprune import cli, config
+from jaxprune import cli, config, export, models
+from jaxprune.models import cost as model_cost
 from jaxprune.training import evaluation
 from jaxprune.study import driver as study
 from tests.conftest import TORCH_KEPT_22_ROUNDS
@@ -82,11 +84,24 @@ def test_smoke_study_end_to_end(tmp_path, capsys):
         recorded = [r for r in rows if (r["schedule"], r["method"], r["round"]) == (phase.schedule, phase.method, str(phase.round))
                     and float(r["target"]) == phase.target]
         assert float(recorded[-1]["test_acc"]) == pytest.approx(result.test_acc, abs=1e-6)
+        # Size and multiply-adds: the row's counts are those of the checkpoint's masked weights,
+        # and the non-zero entries of the PyTorch twin's state_dict (parameters, not statistics).
+        params, batch_stats, masks, _, _ = export.load_for_export(workdir / phase.name)
+        counted = model_cost.cost(models.get("resnet18").build(10, 4), {"params": params, "batch_stats": batch_stats}, masks)
+        sd = export.to_torch_state_dict(params, batch_stats, masks)
+        twin_nz = sum(int(np.count_nonzero(x)) for k, x in sd.items() if k.endswith((".weight", ".bias")))
+        last = recorded[-1]
+        assert int(last["params_nz"]) == counted.params_nz == twin_nz, phase.name
+        assert (int(last["params"]), int(last["flops"])) == (counted.params, counted.flops)
+        assert int(last["flops_nz"]) == round(counted.flops_nz), phase.name
+        assert float(last["compression"]) == round(counted.params / counted.params_nz, 4)
+        assert float(last["speedup"]) == round(counted.flops / counted.flops_nz, 4)
+        assert last["structure"] == ("" if phase.schedule == "baseline" else "unstructured")
     report = workdir / "report"
     for name in ("figure1_baseline.png", "figure2_oneshot.png", "figure3_iterative_0.50.png",
-                 "figure4_iterative_0.75.png", "figure5_iterative_0.90.png", "summary.png", "report.md",
+                 "figure4_iterative_0.75.png", "figure5_iterative_0.90.png", "summary.png", "report.md", "buys.png",
                  *[f"{stem}.{ext}" for stem in ("table1_oneshot", "table2_iterative_0.50", "table3_iterative_0.75",
-                                                "table4_iterative_0.90", "table5_summary") for ext in ("md", "csv")]):
+                                                "table4_iterative_0.90", "table5_summary", "table12_cost") for ext in ("md", "csv")]):
         assert (report / name).is_file() and (report / name).stat().st_size > 0, name
     assert (report / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A finished study keeps no optimizer state: every phase's kept epochs are model-only.

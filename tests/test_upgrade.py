@@ -19,6 +19,21 @@ def rows(path):
         return list(csv.DictReader(f))
 
 
+# results.csv's size and multiply-add columns (models.cost), newer than both fixtures.
+COST = ("structure", "params", "params_nz", "compression", "flops", "flops_nz", "speedup")
+
+
+def strip_costs(rs):
+    return [{k: v for k, v in r.items() if k not in COST} for r in rs]
+
+
+def assert_costs_of_old_rows(rs):
+    """The dense counts of the fixtures' network (resnet18 at width 2), and nothing an old log did not count."""
+    assert {(r["params"], r["flops"]) for r in rs} == {("11420", "596128")}
+    assert all(r["params_nz"] == r["flops_nz"] == r["compression"] == r["speedup"] == "" for r in rs)
+    assert [r["structure"] for r in rs] == ["" if r["schedule"] == "baseline" else "unstructured" for r in rs]
+
+
 @pytest.mark.slow
 def test_a_study_from_release_5ccc1bf_resumes_with_nothing_retrained_and_grows(tmp_path, capsys):
     w = tmp_path / "study"
@@ -34,9 +49,10 @@ def test_a_study_from_release_5ccc1bf_resumes_with_nothing_retrained_and_grows(t
     assert "3 phases (3 finished), 0 of 3 epochs to train" in out and "[1/" not in out
     assert {p: rundir.read_metrics(w / p) for p in old_metrics} == old_metrics  # nothing trained again
     new_rows = rows(w / "results.csv")
-    newer = ("diverged", "model", "data")  # columns the old layout lacked, filled in by the rebuild
+    newer = ("diverged", "model", "data", *COST)  # columns the old layout lacked, filled in by the rebuild
     assert [{k: v for k, v in r.items() if k not in newer} for r in new_rows] == old_rows
     assert [(r["diverged"], r["model"], r["data"]) for r in new_rows] == [("0", "resnet18", "synthetic")] * 3
+    assert_costs_of_old_rows(new_rows)
     assert "data_fingerprint" not in rundir.read_record(w / "baseline")  # finished: not opened, not changed
 
     assert cli.main([*ARGS, "--targets", "0.5", "0.75", "--workdir", str(w)]) == 0  # grows: only new phases train
@@ -161,7 +177,8 @@ def test_a_study_from_release_11cbdbb_resumes_with_nothing_retrained_and_grows(t
     out = capsys.readouterr().out
     assert "3 phases (3 finished), 0 of 3 epochs to train" in out and "[1/" not in out
     assert {p: (w / p / "metrics.csv").read_bytes() for p in phases} == old_metrics  # not trained, not rewritten
-    assert rows(w / "results.csv") == old_rows
+    assert strip_costs(rows(w / "results.csv")) == old_rows
+    assert_costs_of_old_rows(rows(w / "results.csv"))
 
     assert cli.main([*ARGS, "--targets", "0.5", "0.75", "--workdir", str(w)]) == 0  # grows: only new phases train
     out = capsys.readouterr().out
@@ -169,5 +186,10 @@ def test_a_study_from_release_11cbdbb_resumes_with_nothing_retrained_and_grows(t
     assert {p: (w / p / "metrics.csv").read_bytes() for p in phases} == old_metrics
     new = rows(w / "oneshot-magnitude-0.75" / "round-01" / "metrics.csv")
     assert new and all(float(r["images_per_s"]) > 0 for r in new)
-    assert rows(w / "results.csv")[: len(old_rows)] == old_rows
+    grown = rows(w / "results.csv")
+    assert strip_costs(grown[: len(old_rows)]) == old_rows
+    # The new phases log their size and multiply-adds; the old phases' rows leave them empty.
+    new = grown[len(old_rows):]
+    assert [(r["schedule"], r["round"], r["compression"], r["speedup"]) for r in new] == [  # seen: equal
+        ("oneshot", "1", "3.6982", "2.1346"), ("iterative", "1", "1.9471", "1.5452"), ("iterative", "2", "3.6994", "2.1535")]
     assert (w / "report" / "report.md").is_file()

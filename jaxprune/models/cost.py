@@ -20,6 +20,7 @@ Shapes come from `jax.eval_shape`, so a full-size network costs no compute to co
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -28,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune import masks as masks_lib
+from jaxprune import masks as masks_lib, models
+from jaxprune.models.layers import init_variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,3 +115,49 @@ def cost(model: nn.Module, variables: dict, masks: Any = None, image_shape=(32, 
         applied = masks_lib.apply_masks(params, masks) if masks is not None else params
         nz = sum(int(np.count_nonzero(np.asarray(x))) for x in jax.tree.leaves(applied))
     return Cost(tuple(layers), n_params, nz, sum(l.flops for l in layers), sum(l.flops_nz for l in layers))
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchCost:
+    """What a training loop needs to count an epoch's size and multiply-adds from its masks alone.
+
+    Attributes:
+      params: every parameter of the dense network (as `Cost.params`).
+      flops: its multiply-adds for one input (as `Cost.flops`).
+      sizes: entries of each prunable kernel, in leaf order (the masks' non-scalar leaves).
+      flops_per_weight: multiply-adds one weight of that kernel costs per input (a conv's
+        output positions, 1 for a dense layer, 0 for a leaf that is neither).
+    """
+
+    params: int
+    flops: int
+    sizes: tuple[int, ...]
+    flops_per_weight: tuple[int, ...]
+
+    def nonzero(self, kept: Any) -> tuple[int, int]:
+        """(params_nz, flops_nz) when the prunable kernels keep `kept` weights each (leaf order).
+        A pruned weight is an exact zero; a kept one is counted as non-zero."""
+        kept = np.asarray(kept, np.int64)
+        removed = np.asarray(self.sizes, np.int64) - kept
+        return (int(self.params - removed.sum()),
+                int(self.flops - (removed * np.asarray(self.flops_per_weight, np.int64)).sum()))
+
+
+@functools.lru_cache(maxsize=64)
+def arch_cost(arch, exclude: tuple[str, ...] = (), image_shape: tuple[int, ...] = (32, 32, 3)) -> ArchCost:
+    """`ArchCost` of a `kernels.Arch` whose leaves `exclude` keeps dense, for inputs of `image_shape` (H, W, C)."""
+    from jaxprune.models import kernels
+
+    model = models.get(arch.model).build(arch.classes, arch.width)
+    shapes = jax.eval_shape(lambda: init_variables(model, 0, image_shape))
+    dense = cost(model, shapes, None, image_shape)
+    per_weight = {l.name: l.flops // l.weights for l in dense.layers}
+    params = shapes["params"]
+    flags = jax.tree.leaves(masks_lib.prunable(params, kernels.mask_filter(tuple(exclude))))
+    sizes, fpw = [], []
+    for (path, leaf), flag in zip(jax.tree_util.tree_leaves_with_path(params), flags):
+        if flag:
+            names = masks_lib.path_names(path)
+            sizes.append(math.prod(leaf.shape))
+            fpw.append(per_weight.get("/".join(names[:-1]), 0) if names[-1] == "kernel" else 0)
+    return ArchCost(dense.params, dense.flops, tuple(sizes), tuple(fpw))

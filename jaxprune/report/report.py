@@ -30,7 +30,8 @@ shared chain, from the prefix of the longest chain that first reaches it.
 This module writes the report (`write_report`: made in a hidden folder, then put in place) and
 assembles report.md. results.csv's reading and reductions are in `results`, Tables 1-7 in
 `accuracy_tables`, the figures in `accuracy_figures`, what both show of the data in `layout`,
-Tables 8-11 in `comparisons` and `masks`.
+Tables 8-11 in `comparisons` and `masks`, Table 12 and buys.png (what pruning buys: size and
+multiply-adds) in `cost`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from jaxprune.report.results import ReportError, across_seeds, diverged_phases, 
 # Looked up here as the report is written (so `report.tables` is what a test may patch).
 from jaxprune.report.accuracy_tables import tables
 from jaxprune.report.accuracy_figures import figures
+from jaxprune.report.cost import cost_section
 # The other names `jaxprune.report.report` has always served, from the modules that hold them now.
 from jaxprune.report.results import (  # noqa: F401
     COLUMNS, DEFAULTS, EPS, LATER, MEASURES, NON_FINITE, ORDER, PHASE, SCHEDULE_NAMES, STATS, VARIANT,
@@ -153,6 +155,8 @@ def _write_into(workdir: Path, df: pd.DataFrame, outdir: Path) -> None:
     made = figures(lay, outdir)
     texts = tables(lay, outdir)
     texts, made = _explained(lay, workdir if workdir.is_dir() else workdir.parent, outdir, texts, made)
+    buys, buys_fig = cost_section(lay, outdir, 12)
+    texts, made = texts + ([buys] if buys else []), made + buys_fig
     n = len(lay.seeds)
     modes = ", ".join(lay.pruned["retrain"].cat.remove_unused_categories().cat.categories)
     md = [

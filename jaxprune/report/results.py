@@ -25,13 +25,17 @@ class ReportError(UserError):
 
 # results.csv's columns, in order, and their types.
 COLUMNS = {
-    "model": str, "data": str, "seed": int, "retrain": str, "distribution": str, "schedule": str, "method": str, "target": float,
-    "round": int, "sparsity": float, "epoch": int, "test_acc": float, "val_acc": float,
+    "model": str, "data": str, "seed": int, "retrain": str, "distribution": str, "structure": str, "schedule": str,
+    "method": str, "target": float, "round": int, "sparsity": float,
+    "params": float, "params_nz": float, "compression": float, "flops": float, "flops_nz": float, "speedup": float,
+    "epoch": int, "test_acc": float, "val_acc": float,
     "train_loss": float, "train_acc": float, "seconds": float, "diverged": int,
 }
 # Columns files written before replicates lack, with the values those files meant (baseline rows: "").
 DEFAULTS = {"seed": 0, "retrain": "retrain", "distribution": "global", "val_acc": np.nan}
-LATER = ("model", "data", "diverged")  # columns added later still, filled in by `_typed`
+LATER = ("model", "data", "diverged", "structure")  # columns added later still, filled in by `_typed`
+# Size and multiply-adds (jaxprune.models.cost): empty in rows logged before they were counted.
+COST = ("params", "params_nz", "compression", "flops", "flops_nz", "speedup")
 PHASE = ["seed", "retrain", "distribution", "schedule", "method", "target", "round"]
 VARIANT = ["method", "retrain", "distribution"]  # what one table column or figure line stands for
 MEASURES = {"max_test": "max test", "best_val_test": "test at best val", "last_test": "test at last epoch"}
@@ -52,7 +56,7 @@ EPS = 1e-12  # sparsities are exact counts over the total; this only absorbs flo
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
     """The frame in results.csv's schema: old layouts get DEFAULTS; ValueError if a row is damaged."""
-    missing = [c for c in COLUMNS if c not in df.columns and c not in DEFAULTS and c not in LATER]
+    missing = [c for c in COLUMNS if c not in df.columns and c not in DEFAULTS and c not in LATER and c not in COST]
     if missing:
         raise ValueError(f"no column {missing[0]!r}")
     df = df.reset_index(drop=True)
@@ -62,6 +66,9 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     })
     # Files from before the model registry: the write-up's network; the data set unrecorded.
     df = df.assign(**{c: v for c, v in (("model", "resnet18"), ("data", "")) if c not in df})
+    if "structure" not in df:  # before channel pruning every pruned phase removed single weights
+        df = df.assign(structure=np.where(baseline, "", "unstructured"))
+    df = df.assign(**{c: "" for c in COST if c not in df})
     if "diverged" not in df:  # files from before the column: a non-finite training loss is the mark
         loss = pd.to_numeric(df["train_loss"], errors="coerce")
         df = df.assign(diverged=(df["train_loss"].astype(str).str.strip().str.lower().isin(NON_FINITE)
@@ -73,7 +80,7 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     # (pandas 3 keeps a missing value missing through astype(str); pandas 2 writes "nan")
     written = df[numeric].astype(str).fillna("").apply(lambda c: c.str.strip().str.lower())
     no_val = written["val_acc"].isin(["", "none", *NON_FINITE])
-    bad = (values.isna() & ~written.isin(NON_FINITE)).drop(columns="val_acc").any(axis=1) | (
+    bad = (values.isna() & ~written.isin(NON_FINITE)).drop(columns=["val_acc", *COST]).any(axis=1) | (
         values["val_acc"].isna() & ~no_val)
     if bad.any():
         raise ValueError(f"row {int(bad.idxmax()) + 2} is incomplete")
@@ -136,7 +143,8 @@ def phase_stats(df: pd.DataFrame) -> pd.DataFrame:
     number), ``max_test``, ``best_val_test`` and ``best_val_epoch`` (NaN without val_acc), ``last_test``."""
     df = _ordered(df).sort_values([*PHASE, "epoch"], kind="stable")
     out = df.groupby(PHASE, observed=True).agg(
-        sparsity=("sparsity", "last"), epochs=("epoch", "max"),
+        sparsity=("sparsity", "last"), epochs=("epoch", "max"), structure=("structure", "last"),
+        **{c: (c, "last") for c in COST},
         max_test=("test_acc", "max"), last_test=("test_acc", "last"),
     )
     val = df.dropna(subset=["val_acc"])

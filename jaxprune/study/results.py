@@ -16,11 +16,21 @@ from typing import Any
 from jaxprune.training import loop, rundir
 from jaxprune.study import config as config_lib
 from jaxprune.data import sources as data
+from jaxprune.models import cost as model_cost, kernels
 from jaxprune.study.planning import BASELINE, Phase
 
 RESULT_FIELDS = (
     "model", "data",  # the network (--model) and the data set's name (--data's kind, e.g. cifar10)
-    "seed", "retrain", "distribution", "schedule", "method", "target", "round", "sparsity", "epoch",
+    "seed", "retrain", "distribution",
+    "structure",  # what is removed: 'unstructured' (single weights; N:M patterns too); '' for the baseline
+    "schedule", "method", "target", "round", "sparsity",
+    # ShrinkBench's size and cost (jaxprune.models.cost): all parameters and the non-zero ones,
+    # multiply-adds (MACs, not 2x FLOPs) of the conv and dense layers per 32x32 image, dense and
+    # left by the masks, and the ratios compression = params / params_nz, speedup = flops / flops_nz
+    # (theoretical: masked weights run at dense speed on dense kernels). Empty for epochs logged
+    # before release 0.2 counted them.
+    "params", "params_nz", "compression", "flops", "flops_nz", "speedup",
+    "epoch",
     "test_acc", "val_acc", "train_loss", "train_acc", "seconds",
     "diverged",  # 1 where the epoch's training loss was NaN or infinite
 )
@@ -54,20 +64,32 @@ def _result_row(phase: Phase, m: dict[str, Any], labels: dict[str, str]) -> dict
     return {
         **labels, "seed": phase.seed, "retrain": "" if base else phase.retrain,
         "distribution": "" if base else phase.distribution,
+        "structure": "" if base else "unstructured",
         "schedule": phase.schedule, "method": phase.method, "target": phase.target, "round": phase.round,
         # Per epoch from the masks (it moves in gradual pruning); older logs: the phase's.
-        "sparsity": round(phase.sparsity if m.get("sparsity") is None else m["sparsity"], 6), "epoch": m["epoch"],
+        "sparsity": round(phase.sparsity if m.get("sparsity") is None else m["sparsity"], 6),
+        "params_nz": m.get("params_nz"), "flops_nz": m.get("flops_nz"),
+        "compression": _ratio(labels["params"], m.get("params_nz")),
+        "speedup": _ratio(labels["flops"], m.get("flops_nz")),
+        "epoch": m["epoch"],
         "test_acc": m["test_acc"], "val_acc": m.get("val_acc"), "train_loss": m["train_loss"],
         "train_acc": m["train_acc"], "seconds": round(m["seconds"], 3),
         "diverged": int(loop.diverged(m)),
     }
 
 
-def labels(workdir: Path) -> dict[str, str]:
-    """The model and data set names every row of the study in `workdir` carries (from its config.json)."""
+def _ratio(dense: int, nonzero: int | None) -> float | None:
+    return None if nonzero is None else round(dense / max(nonzero, 1), 4)
+
+
+def labels(workdir: Path) -> dict[str, Any]:
+    """What every row of the study in `workdir` carries (from its config.json): the model and
+    data set names, and the dense network's parameters and multiply-adds per image."""
     record = rundir.read_record(Path(workdir)) or {}
     train_cfg = config_lib.from_dict(config_lib.TrainConfig, (record.get("config") or {}).get("train") or {})
-    return {"model": train_cfg.model, "data": data.data_name(train_cfg.data)}
+    dense = model_cost.arch_cost(kernels.Arch.of(train_cfg), tuple(train_cfg.exclude))
+    return {"model": train_cfg.model, "data": data.data_name(train_cfg.data), "params": dense.params,
+            "flops": dense.flops}
 
 
 def result_rows(workdir: Path, phases: list[Phase]) -> list[dict[str, Any]]:

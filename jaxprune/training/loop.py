@@ -29,13 +29,14 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxprune.training import checkpoint, devices, train
 from jaxprune.training import config as config_lib
 from jaxprune.training.run import RunResult, RunSpec, _Run, diverged, stopped_by_divergence  # noqa: F401  (served here)
 from jaxprune.data import sources as data
 from jaxprune.runtime import hosts, interrupt
-from jaxprune.models import kernels
+from jaxprune.models import cost as model_cost, kernels
 
 
 @dataclasses.dataclass
@@ -86,6 +87,8 @@ class _Group:
         self.val = None if dataset.val_labels is None else devices.put_replicated(
             (dataset.val_images, dataset.val_labels), mesh)
         self.prunable = kernels.counts(kernels.Arch.of(self.cfg), tuple(self.cfg.exclude))[1]
+        self.cost = model_cost.arch_cost(kernels.Arch.of(self.cfg), tuple(self.cfg.exclude),
+                                         tuple(dataset.train_images.shape[1:]))
         self.images = train.images_per_epoch(self.cfg, len(dataset.train_labels))
         # When the previous epoch's results were ready (None: no epoch yet). An epoch's
         # seconds run from there to its own results, so they add up to the loop's wall
@@ -155,12 +158,15 @@ class _Group:
             self.trace.append(flight.trace)
 
     def _row(self, epoch: int, m: dict[str, Any], seconds: float) -> dict[str, Any]:
-        kept = int(m.pop("kept"))
+        kept = np.asarray(m.pop("kept"))  # per prunable kernel
+        params_nz, flops_nz = self.cost.nonzero(kept)
         return {
             "epoch": epoch,
             "step": epoch * self.n_steps,
             "lr": train.epoch_lr(self.cfg, self.n_steps, epoch),
-            "sparsity": 1 - kept / self.prunable,  # exact, from the count (it moves in gradual pruning)
+            # Exact, from the counts (they move in gradual pruning).
+            "sparsity": 1 - int(kept.sum()) / self.prunable,
+            "params_nz": params_nz, "flops_nz": flops_nz,
             "val_loss": None, "val_acc": None,
             **{k: float(v) for k, v in m.items()},
             "seconds": seconds,

@@ -32,7 +32,9 @@ from jaxprune.runtime.errors import UserError
 LOCK, CONFIG = ".lock", "config.json"
 # val_loss and val_acc are empty unless the run holds out a validation split.
 METRIC_FIELDS = (
-    "epoch", "step", "lr", "sparsity", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
+    "epoch", "step", "lr", "sparsity",
+    "params_nz", "flops_nz",  # non-zero parameters, multiply-adds per image left by the masks (models.cost)
+    "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
     "seconds", "images_per_s",
 )
 # The fields that measure time, not results: they differ between equal runs.

@@ -185,7 +185,9 @@ def evaluate(r: Recipe, params, batch_stats, masks, images, labels):
 
     init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
     (loss, correct), _ = jax.lax.scan(body, init, (images, labels, valid))
-    kept = sum(jnp.sum(m, dtype=jnp.int32) for m in jax.tree.leaves(masks) if m.ndim)
+    # Kept weights per prunable kernel (leaf order), for the sparsity, size and FLOPs columns.
+    kept = [jnp.sum(m, dtype=jnp.int32) for m in jax.tree.leaves(masks) if m.ndim]
+    kept = jnp.stack(kept) if kept else jnp.zeros((0,), jnp.int32)
     return {"test_loss": loss / n, "test_acc": correct / n, "kept": kept}
 
 
