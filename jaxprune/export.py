@@ -67,7 +67,7 @@ import numpy as np
 import safetensors.numpy
 
 from jaxprune.training import checkpoint
-from jaxprune import masks as masks_lib, models
+from jaxprune import masks as masks_lib, models, structured
 from jaxprune.training import config as config_lib
 from jaxprune.data import sources as data
 from jaxprune.runtime import interrupt
@@ -367,6 +367,7 @@ def export(path: str | os.PathLike, out_dir: str | os.PathLike, which: str = "la
     model_sd = to_torch_state_dict(params, batch_stats, masks, num_batches_tracked=steps, model=spec.name)
     mask_sd = masks_state_dict(masks, spec.name)
     mean, std = data.NORMALIZATIONS[run_cfg.normalization]
+    torch_names = {path: name for path, name, _ in _layout(spec.name) or []}
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -379,6 +380,9 @@ def export(path: str | os.PathLike, out_dir: str | os.PathLike, which: str = "la
                      if spec.torch else "float32 NHWC (N, 32, 32, 3): (pixel / 255 - mean) / std per RGB channel",
             "mean": list(mean),
             "std": list(std),
+            # Channel-pruned: channels kept per group, by producer layer (build the twin with them).
+            **({"channels": list(run_cfg.channels), "channel_groups": {torch_names.get(path, "/".join(path)): int(n)
+                for path, n in zip(structured.producers(spec.name, params), run_cfg.channels)}} if run_cfg.channels else {}),
         },
         "source": {"checkpoint": str(Path(path).absolute()), "epoch": meta.get("epoch"), "which": which},
         "metrics": metrics,

@@ -1,7 +1,7 @@
 """The house's shape, read from the code with `ast` (nothing is imported, so no JAX):
 
 - every import, module-level or inside a function, runs down the layers
-  runtime < masks < models < data < training < study < report < export, api
+  runtime < masks < models < structured < data < training < study < report < export, api
   < cli < __main__, or stays within its own package;
 - no two modules import each other, directly or round a circle;
 - internal code imports modules where they live, not by their old flat names
@@ -19,7 +19,7 @@ import pytest
 import jaxprune
 
 PACKAGE = Path(jaxprune.__file__).parent
-LAYERS = ("runtime", "masks", "models", "data", "training", "study", "report", ("export", "api"), "cli", "__main__")
+LAYERS = ("runtime", "masks", "models", "structured", "data", "training", "study", "report", ("export", "api"), "cli", "__main__")
 MAX_LINES = 400
 
 

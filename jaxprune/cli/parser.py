@@ -199,8 +199,10 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="study directory (default: runs/study-... named by the settings)")
     p.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     _add_config_options(p, config_lib.StudyConfig, preset=study_preset)
-    # The study sets these per phase (a round's epochs, gradual sparsities, lr-rewind's offset).
-    _add_config_options(p, config_lib.TrainConfig, exclude=("epochs", "prune_to", "prune_from", "schedule_start"),
+    # The study sets these per phase (a round's epochs, gradual sparsities, lr-rewind's offset,
+    # a channel-pruned phase's channels).
+    _add_config_options(p, config_lib.TrainConfig, exclude=("epochs", "prune_to", "prune_from", "schedule_start",
+                                                             "channels"),
                         preset=study_preset and (preset, study_preset[1].get("train", {})))
     _add_distributed_options(p)
 

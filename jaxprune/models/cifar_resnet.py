@@ -36,6 +36,7 @@ class Block(nn.Module):
     features: int
     downsample: bool = False
     dtype: Any = jnp.float32
+    inner: int = 0  # conv1's outputs (0: `features`); fewer once channel pruning removed some
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -43,7 +44,7 @@ class Block(nn.Module):
         norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype,
                                  scale_init=uniform_scale_init)
         s = 2 if self.downsample else 1
-        y = conv(self.features, (3, 3), (s, s), padding=((1, 1), (1, 1)), name="conv1")(x)
+        y = conv(self.inner or self.features, (3, 3), (s, s), padding=((1, 1), (1, 1)), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
         y = norm(name="bn2")(y)
@@ -61,12 +62,15 @@ class CifarResNet(nn.Module):
       num_classes: size of the output layer (the data set's class count).
       width: W, the first segment's channels (16 in open_lth and He et al.).
       dtype: compute dtype; parameters are float32.
+      inner: each block's conv1 output channels, in block order (empty: as published); what
+        channel pruning inside the blocks leaves (jaxprune.structured).
     """
 
     depth: int = 20
     num_classes: int = 10
     width: int = 16
     dtype: Any = jnp.float32
+    inner: tuple[int, ...] = ()
 
     def blocks_per_segment(self) -> int:
         if self.depth < 8 or (self.depth - 2) % 6:
@@ -84,7 +88,8 @@ class CifarResNet(nn.Module):
         i = 0
         for segment, mult in enumerate((1, 2, 4)):
             for block in range(per_segment):
-                x = Block(self.width * mult, segment > 0 and block == 0, self.dtype, name=f"blocks_{i}")(x, train)
+                x = Block(self.width * mult, segment > 0 and block == 0, self.dtype,
+                          self.inner[i] if self.inner else 0, name=f"blocks_{i}")(x, train)
                 i += 1
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=kaiming_normal_init,

@@ -64,21 +64,25 @@ class CifarVGG(nn.Module):
       num_classes: size of the output layer (the data set's class count).
       width: the first conv's channels (64 as published); every layer scales with it.
       dtype: compute dtype; parameters are float32.
+      channels: each conv's output channels, in order (empty: the plan's); what channel
+        pruning leaves (jaxprune.structured).
     """
 
     depth: int = 16
     num_classes: int = 10
     width: int = 64
     dtype: Any = jnp.float32
+    channels: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = x.astype(self.dtype)
+        convs = iter(self.channels)
         for i, spec in enumerate(plan(self.depth, self.width)):
             if spec == "M":
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
             else:
-                x = ConvModule(spec, self.dtype, name=f"layers_{i}")(x, train)
+                x = ConvModule(next(convs, spec) if self.channels else spec, self.dtype, name=f"layers_{i}")(x, train)
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=kaiming_normal_init,

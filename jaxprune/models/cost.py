@@ -122,8 +122,10 @@ class ArchCost:
     """What a training loop needs to count an epoch's size and multiply-adds from its masks alone.
 
     Attributes:
-      params: every parameter of the dense network (as `Cost.params`).
+      params: every parameter of the dense network (as `Cost.params`); for a channel-pruned
+        architecture, of the whole one before it, so that ratios compare with the same dense network.
       flops: its multiply-adds for one input (as `Cost.flops`).
+      own_params, own_flops: the same of this architecture (fewer after channel pruning).
       sizes: entries of each prunable kernel, in leaf order (the masks' non-scalar leaves).
       flops_per_weight: multiply-adds one weight of that kernel costs per input (a conv's
         output positions, 1 for a dense layer, 0 for a leaf that is neither).
@@ -131,6 +133,8 @@ class ArchCost:
 
     params: int
     flops: int
+    own_params: int
+    own_flops: int
     sizes: tuple[int, ...]
     flops_per_weight: tuple[int, ...]
 
@@ -139,8 +143,8 @@ class ArchCost:
         A pruned weight is an exact zero; a kept one is counted as non-zero."""
         kept = np.asarray(kept, np.int64)
         removed = np.asarray(self.sizes, np.int64) - kept
-        return (int(self.params - removed.sum()),
-                int(self.flops - (removed * np.asarray(self.flops_per_weight, np.int64)).sum()))
+        return (int(self.own_params - removed.sum()),
+                int(self.own_flops - (removed * np.asarray(self.flops_per_weight, np.int64)).sum()))
 
 
 @functools.lru_cache(maxsize=64)
@@ -148,9 +152,13 @@ def arch_cost(arch, exclude: tuple[str, ...] = (), image_shape: tuple[int, ...] 
     """`ArchCost` of a `kernels.Arch` whose leaves `exclude` keeps dense, for inputs of `image_shape` (H, W, C)."""
     from jaxprune.models import kernels
 
-    model = models.get(arch.model).build(arch.classes, arch.width)
-    shapes = jax.eval_shape(lambda: init_variables(model, 0, image_shape))
-    dense = cost(model, shapes, None, image_shape)
+    def dense_cost(a):
+        model = models.get(a.model).build(a.classes, a.width, channels=tuple(getattr(a, "channels", ())))
+        shapes = jax.eval_shape(lambda: init_variables(model, 0, image_shape))
+        return shapes, cost(model, shapes, None, image_shape)
+
+    shapes, dense = dense_cost(arch)
+    whole = dense_cost(arch.whole)[1] if getattr(arch, "channels", ()) else dense
     per_weight = {l.name: l.flops // l.weights for l in dense.layers}
     params = shapes["params"]
     flags = jax.tree.leaves(masks_lib.prunable(params, kernels.mask_filter(tuple(exclude))))
@@ -160,4 +168,4 @@ def arch_cost(arch, exclude: tuple[str, ...] = (), image_shape: tuple[int, ...] 
             names = masks_lib.path_names(path)
             sizes.append(math.prod(leaf.shape))
             fpw.append(per_weight.get("/".join(names[:-1]), 0) if names[-1] == "kernel" else 0)
-    return ArchCost(dense.params, dense.flops, tuple(sizes), tuple(fpw))
+    return ArchCost(whole.params, whole.flops, dense.params, dense.flops, tuple(sizes), tuple(fpw))

@@ -20,16 +20,23 @@ from jaxprune.models import init_variables
 
 
 class Arch(NamedTuple):
-    """What fixes a model's shapes: its registered name, width and class count."""
+    """What fixes a model's shapes: its registered name, width, class count, and the channels
+    kept per group where channel pruning made it smaller (empty: the whole model)."""
 
     model: str = "resnet18"
     width: int = 64
     classes: int = 10
+    channels: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, cfg) -> "Arch":
         """The architecture a TrainConfig builds."""
-        return cls(cfg.model, cfg.width, cfg.num_classes)
+        return cls(cfg.model, cfg.width, cfg.num_classes, tuple(getattr(cfg, "channels", ())))
+
+    @property
+    def whole(self) -> "Arch":
+        """The model before channel pruning."""
+        return self._replace(channels=())
 
 
 def mask_filter(exclude: tuple[str, ...] = ()):
@@ -41,7 +48,7 @@ def mask_filter(exclude: tuple[str, ...] = ()):
 @functools.lru_cache(maxsize=16)
 def abstract_params(arch: Arch) -> dict:
     """The model's params as ShapeDtypeStructs (no compute)."""
-    model = models.get(arch.model).build(arch.classes, arch.width)
+    model = models.get(arch.model).build(arch.classes, arch.width, channels=arch.channels)
     return jax.eval_shape(lambda: init_variables(model, 0))["params"]
 
 

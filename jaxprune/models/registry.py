@@ -51,6 +51,9 @@ class ModelSpec:
         None: the export keeps Flax paths as keys.
       torch_layout: ``torch_layout()`` -> the `TorchLayout` of that model, or None.
       names_look_like: a few kernel names, for the message of an --exclude that names none.
+      narrow: ``narrow(num_classes, width, dtype, channels)`` -> the module with fewer channels
+        where channel pruning removed some (`channels`: per channel group, in the order
+        jaxprune.structured's coupling lists the groups); None: no channel pruning.
     """
 
     name: str
@@ -60,12 +63,19 @@ class ModelSpec:
     torch: str | None = None
     torch_layout: Callable[[], TorchLayout] | None = None
     names_look_like: str = ""
+    narrow: Callable[[int, int, Any, tuple[int, ...]], nn.Module] | None = None
 
-    def build(self, num_classes: int, width: int = 0, dtype: Any = None) -> nn.Module:
-        """The module at `width` (0: the published width) for `num_classes` outputs."""
+    def build(self, num_classes: int, width: int = 0, dtype: Any = None, channels: tuple[int, ...] = ()) -> nn.Module:
+        """The module at `width` (0: the published width) for `num_classes` outputs; with
+        `channels`, the channel-pruned module that keeps that many channels per group."""
         import jax.numpy as jnp
 
-        return self.factory(num_classes, width or self.width, jnp.dtype(dtype or jnp.float32))
+        dtype = jnp.dtype(dtype or jnp.float32)
+        if channels:
+            if self.narrow is None:
+                raise ModelError(f"model {self.name!r} cannot be built with fewer channels (no channel pruning)")
+            return self.narrow(num_classes, width or self.width, dtype, tuple(channels))
+        return self.factory(num_classes, width or self.width, dtype)
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -74,7 +84,7 @@ DEFAULT = "resnet18"
 
 
 def register(name: str, factory: Factory, *, width: int = 1, help: str = "", torch: str | None = None,
-             torch_layout=None, names_look_like: str = "", replace: bool = False) -> ModelSpec:
+             torch_layout=None, names_look_like: str = "", narrow=None, replace: bool = False) -> ModelSpec:
     """Adds a model that ``--model NAME`` (and `jaxprune.study.run`) can build.
 
     `factory(num_classes, width, dtype)` returns a Flax Linen module (see the
@@ -86,7 +96,7 @@ def register(name: str, factory: Factory, *, width: int = 1, help: str = "", tor
     if not replace and (name in MODELS or _from_family(name) is not None):
         raise ModelError(f"a model named {name!r} is already registered; pass replace=True to replace it")
     spec = ModelSpec(name, factory, width, help, torch, torch_layout,
-                     names_look_like or "conv/kernel, dense/kernel (Flax module paths)")
+                     names_look_like or "conv/kernel, dense/kernel (Flax module paths)", narrow)
     MODELS[name] = spec
     return spec
 
@@ -126,6 +136,7 @@ register(
     torch="ResNet18 of kuangliu/pytorch-cifar models/resnet.py, stage widths width x (1, 2, 4, 8)",
     torch_layout=resnet18.torch_modules,
     names_look_like="stem_conv/kernel, layer1_0/conv1/kernel, layer2_0/shortcut_conv/kernel, head/kernel",
+    narrow=lambda classes, width, dtype, channels: resnet18.ResNet18(classes, width, dtype, channels),
 )
 
 register(
@@ -150,6 +161,7 @@ def _depth_family(prefix: str, module, cls, valid: Callable[[int], bool], width:
             name, lambda classes, w, dtype: cls(depth, classes, w, dtype), width, f"open_lth's {name}",
             torch=f"open_lth {describe} for {name!r}", torch_layout=lambda: module.torch_modules(depth),
             names_look_like=names_look_like,
+            narrow=lambda classes, w, dtype, channels: cls(depth, classes, w, dtype, channels),
         )
 
     return resolve

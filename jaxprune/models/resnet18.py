@@ -34,6 +34,7 @@ class BasicBlock(nn.Module):
     features: int
     strides: int = 1
     dtype: Any = jnp.float32
+    inner: int = 0  # conv1's outputs (0: `features`); fewer once channel pruning removed some
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -42,7 +43,7 @@ class BasicBlock(nn.Module):
         )
         norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
         s = (self.strides, self.strides)
-        y = conv(self.features, (3, 3), s, padding=((1, 1), (1, 1)), name="conv1")(x)
+        y = conv(self.inner or self.features, (3, 3), s, padding=((1, 1), (1, 1)), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
         y = norm(name="bn2")(y)
@@ -60,11 +61,14 @@ class ResNet18(nn.Module):
       width: channels of the first stage (64 in the paper); stages use
         width x (1, 2, 4, 8). Tests use 4 to 8.
       dtype: compute dtype (float32 or bfloat16); parameters are float32.
+      inner: each block's conv1 output channels, in block order (empty: as published); what
+        channel pruning inside the blocks leaves (jaxprune.structured).
     """
 
     num_classes: int = 10
     width: int = 64
     dtype: Any = jnp.float32
+    inner: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -84,7 +88,8 @@ class ResNet18(nn.Module):
             for block in range(2):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(
-                    self.width * mult, strides, self.dtype, name=f"layer{stage + 1}_{block}"
+                    self.width * mult, strides, self.dtype,
+                    self.inner[2 * stage + block] if self.inner else 0, name=f"layer{stage + 1}_{block}"
                 )(x, train)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(

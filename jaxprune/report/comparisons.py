@@ -1,11 +1,14 @@
 """The report's paired comparisons: arms of one seed share its baseline (its initialisation and
 data order), so their difference is taken seed by seed (`jaxprune.paired`).
 
-Three kinds, wherever the study has both arms:
+Four kinds, wherever the study has both arms:
 
 - iterative − one-shot at each target (per method, retraining mode and distribution);
 - an N:M pattern − unstructured one-shot pruning at the pattern's target (--pattern);
-- each retraining mode − retrain (per method, distribution, schedule and target).
+- each retraining mode − retrain (per method, distribution, schedule and target);
+- channel − unstructured pruning (--structure channel unstructured), at the same target (equal
+  parameters, as closely as whole channels allow) and at equal multiply-adds (the unstructured
+  arm's accuracy interpolated in log speedup to the channel result's).
 
 Each gives the mean paired difference of max test accuracy in percentage points with its 95%
 t-interval (scipy), the verdict line, and how many seeds a paired t-test would need for 80%
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from jaxprune.report import paired
@@ -87,6 +91,7 @@ def comparisons(final: pd.DataFrame) -> pd.DataFrame:
         for dist, u in plain.groupby("distribution", sort=True):
             add("pattern", f"{pattern} − {dist if dist != 'global' else 'unstructured'}", target, u, g,
                 {"method": method, "retrain": retrain})
+    _structure_pairs(f, add)
     for (method, dist, schedule, target), g in f.groupby(["method", "distribution", "schedule", "target"], sort=True):
         base = g[g["retrain"] == "retrain"]
         for mode, other in g[g["retrain"] != "retrain"].groupby("retrain", sort=False):
@@ -94,6 +99,38 @@ def comparisons(final: pd.DataFrame) -> pd.DataFrame:
                 add("retraining", f"{mode} − retrain, {_name(schedule)}", target, base, other,
                     {"method": method, "distribution": dist})
     return pd.DataFrame(rows, columns=cols)
+
+
+def _at_equal_macs(unstructured: pd.DataFrame, channel: pd.DataFrame) -> pd.DataFrame:
+    """Per seed of `channel`, the unstructured arm's max test accuracy at the channel result's
+    theoretical speedup, interpolated linearly in log speedup between that seed's unstructured
+    results (none outside their range: no extrapolation), as a frame like `channel`."""
+    rows = []
+    for r in channel.itertuples():
+        u = unstructured[unstructured["seed"] == r.seed].dropna(subset=["speedup"]).sort_values("speedup")
+        x = np.log(u["speedup"].to_numpy(float))
+        if len(u) < 2 or not np.isfinite(r.speedup) or not x[0] <= np.log(r.speedup) <= x[-1]:
+            continue
+        rows.append({"seed": r.seed, "max_test": float(np.interp(np.log(r.speedup), x, u["max_test"].to_numpy(float)))})
+    return pd.DataFrame(rows, columns=["seed", "max_test"])
+
+
+def _structure_pairs(f: pd.DataFrame, add) -> None:
+    """--structure channel against unstructured pruning, paired by seed: at the same target (equal
+    parameters, as closely as whole channels allow) and at equal multiply-adds (the unstructured
+    arm interpolated to the channel result's speedup)."""
+    channel = f[f["distribution"] == "channel"]
+    unstructured = f[(f["distribution"] != "channel") & ~_patterned(f)]
+    for (method, retrain, schedule, target), g in channel.groupby(["method", "retrain", "schedule", "target"], sort=True):
+        same = unstructured[(unstructured["method"] == method) & (unstructured["retrain"] == retrain)
+                            & (unstructured["schedule"] == schedule)]
+        for dist, u in same.groupby("distribution", sort=True):
+            name = "unstructured" if dist == "global" else dist
+            keys = {"method": method, "retrain": retrain}
+            add("structure", f"channel − {name}, {_name(schedule)}", target, u[u["target"] == target], g, keys)
+            if "speedup" in f.columns:
+                add("structure", f"channel − {name} at equal MACs, {_name(schedule)}", target,
+                    _at_equal_macs(u, g), g, keys)
 
 
 def not_compared(final: pd.DataFrame) -> list[str]:

@@ -42,6 +42,17 @@ def cost_table(phases: pd.DataFrame) -> pd.DataFrame:
     return sizes.merge(acc, on=KEYS).sort_values(["target", *KEYS[:-1]], kind="stable").reset_index(drop=True)
 
 
+def _variant(lay: _Layout, t: pd.DataFrame) -> pd.Series:
+    """'magnitude, unstructured', 'magnitude, erk, unstructured', 'magnitude, channel' (with the
+    retraining mode after the method when the study has several)."""
+    out = t["method"].astype(str)
+    if "retrain" in lay.varying:
+        out = out + ", " + t["retrain"].astype(str)
+    dist = t["distribution"].astype(str)
+    shown = dist.where(~dist.isin(["global", "channel"]), "").map(lambda d: f"{d}, " if d else "")
+    return out + ", " + shown + t["structure"].astype(str)
+
+
 def cost_section(lay: _Layout, outdir: Path, number: int) -> tuple[str | None, list[Path]]:
     """Writes Table `number` (tableN_cost.md/.csv) and buys.png; returns the markdown and the figure paths."""
     t = cost_table(lay.phases)
@@ -52,7 +63,7 @@ def cost_section(lay: _Layout, outdir: Path, number: int) -> tuple[str | None, l
     md = pd.DataFrame({
         "target (%)": (100 * t["target"]).map("{:g}".format),
         "schedule": t["schedule"].astype(str).replace(SCHEDULE_NAMES),
-        "variant": lay.label(t) + ", " + t["structure"].astype(str),
+        "variant": _variant(lay, t),
         "params (non-zero)": t["params_nz"].map("{:,.0f}".format),
         "MACs (non-zero)": t["flops_nz"].map("{:,.0f}".format),
         "compression": t["compression"].map("{:.2f}×".format),
@@ -94,7 +105,7 @@ def _buys_figure(lay: _Layout, outdir: Path) -> Path:
         for key, line in s.sort_values(x).groupby(by, observed=True):
             variant = lay.label(line).iloc[0]
             marker, style = STYLES.get(str(key[0]), ("^", ":"))
-            name = f"{SCHEDULE_NAMES.get(str(key[0]), str(key[0]))}, {variant}, {key[-1]}"
+            name = f"{SCHEDULE_NAMES.get(str(key[0]), str(key[0]))}, {_variant(lay, line.head(1)).iloc[0]}"
             _band(ax, line[x], line["mean"], line["std"], color=colors.get(variant, "C0"), marker=marker, ls=style,
                   ms=3, label=name)
         ax.set_xscale("log")

@@ -145,7 +145,9 @@ def _explained(lay: _Layout, workdir: Path, outdir: Path, texts: list[str], made
         texts = texts + [f"**Not compared:** {'; '.join(gaps)}."]
     texts = texts + [t for t in (report_paired.paired_section(compared, outdir, 8),
                                  report_paired.pattern_section(final, compared, outdir, 9)) if t]
-    more, figs = report_masks.mask_sections(workdir, final, outdir, (10, 11), f" ({lay.subject})" if lay.subject else "")
+    # Channel-pruned phases keep all of a smaller network's weights: their masks say nothing per layer.
+    masked = final[final["structure"].astype(str) != "channel"]
+    more, figs = report_masks.mask_sections(workdir, masked, outdir, (10, 11), f" ({lay.subject})" if lay.subject else "")
     return texts + more, made + figs
 
 

@@ -67,6 +67,23 @@ class StudyConfig:
         "(empty: none)",
         identity=False,
     )
+    structure: tuple[str, ...] = _field(
+        ("unstructured",),
+        "what pruning removes, one or both: unstructured (single weights, the write-up's) and channel (whole "
+        "channels, cut out of every coupled layer so the network is smaller; cifar_vgg_N, and inside the "
+        "residual blocks of cifar_resnet_N and resnet18). With channel, --targets are fractions of the "
+        "prunable weights removed, reached as closely as whole channels allow (the same fraction of "
+        "channels in every layer), --methods magnitude ranks channels by --channel-score and random at "
+        "random, and phases are named ...-channel-...; with both, the report compares them at equal "
+        "parameters and at equal multiply-adds",
+        identity=False, choices=("unstructured", "channel"),
+    )
+    channel_score: str = _field(
+        "l1",
+        "--structure channel with --methods magnitude: the channel score: l1 (the filter's L1 norm, Li et "
+        "al. 2017), l2 (its L2 norm) or bn-scale (|gamma| of its batch norm, Liu et al. 2017)",
+        identity=False, choices=("l1", "l2", "bn-scale"),
+    )
     retrain: tuple[str, ...] = _field(
         ("retrain",),
         "how each pruned network trains again: " + "; ".join(f"{m.name} ({m.help})" for m in modes.RETRAINING.values()),
@@ -104,6 +121,24 @@ class StudyConfig:
         "float rounding",
         identity=False,
     )
+
+    def _check_channel_structure(self) -> None:
+        from jaxprune import structured  # a lower room; imported late to keep config light
+
+        try:
+            structured.coupling(self.train.model)
+        except structured.ChannelError as e:
+            raise ConfigError(f"--structure channel: {e}") from None
+        for name, allowed in (("methods", ("magnitude", "random")), ("schedules", ("oneshot", "iterative")),
+                              ("retrain", ("retrain", "finetune", "lr-rewind"))):
+            extra = [v for v in getattr(self, name) if v not in allowed]
+            if extra:
+                raise ConfigError(f"--structure channel takes --{name} {' or '.join(allowed)}, not {extra[0]}")
+        if self.pattern:
+            raise ConfigError("--structure channel and --pattern: give one of them")
+        if self.baseline:
+            # A given baseline may be pruned already; its masks would be lost in the cut.
+            raise ConfigError("--structure channel trains its own baseline; leave --baseline unset")
 
     def validate(self) -> "StudyConfig":
         self.train.validate()
@@ -146,12 +181,16 @@ class StudyConfig:
                 raise ConfigError(f"--pattern: {e}") from None
         if not self.methods or not self.schedules:
             raise ConfigError("--methods and --schedules each need at least one value")
+        if not self.structure or len(set(self.structure)) != len(self.structure):
+            raise ConfigError("--structure needs distinct values, each once")
+        if "channel" in self.structure:
+            self._check_channel_structure()
         problem = modes.check(self)  # each schedule and retraining mode's own conditions
         if problem:
             raise ConfigError(problem)
         # Set per phase by the study; a baseline pruned or rescheduled by hand
         # would meet its rounds at the wrong sparsity or learning rate.
-        for name in ("prune_to", "prune_from", "schedule_start"):
+        for name in ("prune_to", "prune_from", "schedule_start", "channels"):
             if getattr(self.train, name):
                 raise ConfigError(f"--{name.replace('_', '-')} is set by the study for each phase; leave it unset")
         return self

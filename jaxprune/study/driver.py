@@ -35,7 +35,7 @@ from typing import Any, Callable
 import jax
 
 from jaxprune.training import checkpoint, loop, rundir, train
-from jaxprune import masks as masks_lib
+from jaxprune import masks as masks_lib, structured
 from jaxprune.study import config as config_lib
 from jaxprune.data import sources as data
 from jaxprune.runtime import hosts
@@ -44,7 +44,7 @@ from jaxprune.runtime.faults import fault_point
 from jaxprune.models import init_variables
 from jaxprune.study.modes import RETRAINING, SCHEDULES, Sources, Start, StudyError, is_pattern
 from jaxprune.study.planning import (  # noqa: F401 (served here too: driver.plan, driver.Phase, ...)
-    BASELINE, BASELINE_PHASE, Phase, derived_seed, disk_estimate, model_shapes, phase_config, plan,
+    BASELINE, BASELINE_PHASE, CHANNEL, Phase, derived_seed, disk_estimate, model_shapes, phase_config, plan,
     prunable_total, pruning_key, target_name,
 )
 from jaxprune.study.results import (  # noqa: F401 (served here too)
@@ -291,8 +291,19 @@ def phase_spec(cfg: config_lib.StudyConfig, workdir: Path, phase: Phase, parent:
     wants_rewind = any(RETRAINING[m].uses_rewind_epoch for m in cfg.retrain) and cfg.rewind_epoch > 0
     keep = (cfg.rewind_epoch,) if phase.schedule == BASELINE and wants_rewind else ()
     start = masks = None
+    if parent is not None and phase.distribution == CHANNEL:
+        # The parent's network with its lowest-scoring channels cut out, down to the phase's counts;
+        # magnitude ranks by --channel-score, random by a permutation from the phase's pruning key.
+        score = "random" if phase.method == "random" else cfg.channel_score
+        seed = int(jax.random.randint(pruning_key(cfg, phase), (), 0, 2**31 - 1))
+        cut = structured.cut_to_counts(pcfg.model, {"params": parent.params, "batch_stats": parent.batch_stats},
+                                       pcfg.channels, score, seed)
+        masks = masks_lib.init_masks(cut["params"], kernels.mask_filter(tuple(pcfg.exclude)))
+        parent = Final(cut["params"], cut["batch_stats"], masks, parent.last_lr)
     if parent is not None:
-        if SCHEDULES[phase.schedule].prunes_in_training:
+        if masks is not None:
+            pass  # the channels were cut: the smaller network keeps all its weights
+        elif SCHEDULES[phase.schedule].prunes_in_training:
             masks = parent.masks
         elif is_pattern(phase.distribution):
             masks = masks_lib.prune(parent.params, parent.masks, pattern=phase.distribution, score=phase.method,

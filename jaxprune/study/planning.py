@@ -21,6 +21,7 @@ import functools
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxprune import masks as masks_lib
 from jaxprune.study import config as config_lib
@@ -143,15 +144,17 @@ def plan(cfg: config_lib.StudyConfig, total: int, pruned: int = 0) -> list[Phase
             phases.append(dataclasses.replace(BASELINE_PHASE, seed=seed, home=home))
         twins = []
         for mode in modes:
-            kw = dict(seed=seed, distribution=cfg.distribution, home=home, retrain=mode,
-                      rewind_epoch=cfg.rewind_epoch if RETRAINING[mode].uses_rewind_epoch else 0)
-            for method in cfg.methods:
-                new = functools.partial(_new_phase, method=method, kw=kw)
-                for schedule in SCHEDULES.values():  # the table's order, whatever the order asked
-                    if schedule.name in cfg.schedules and (schedule.modes is None or mode in schedule.modes):
-                        phases += schedule.plan(Planning(cfg, total, pruned, root, new))
-                if cfg.pattern:
-                    phases += _pattern_phases(cfg, total, pruned, root, new)
+            for structure in cfg.structure:
+                distribution = CHANNEL if structure == "channel" else cfg.distribution
+                kw = dict(seed=seed, distribution=distribution, home=home, retrain=mode,
+                          rewind_epoch=cfg.rewind_epoch if RETRAINING[mode].uses_rewind_epoch else 0)
+                for method in cfg.methods:
+                    new = functools.partial(_new_phase, method=method, kw=kw)
+                    for schedule in SCHEDULES.values():  # the table's order, whatever the order asked
+                        if schedule.name in cfg.schedules and (schedule.modes is None or mode in schedule.modes):
+                            phases += schedule.plan(Planning(cfg, total, pruned, root, new))
+                    if cfg.pattern:
+                        phases += _pattern_phases(cfg, total, pruned, root, new)
             if mode == "retrain":
                 # A control of an N:M phase is not planned: shuffling within a layer breaks the pattern.
                 twins = [p for p in phases if p.seed == seed and p.retrain == "retrain" and p.round
@@ -159,7 +162,57 @@ def plan(cfg: config_lib.StudyConfig, total: int, pruned: int = 0) -> list[Phase
         for control in controls:
             phases += [dataclasses.replace(p, retrain=control) for p in twins]
     # --pattern's unstructured twin is the one-shot phase at its target when --targets has it.
-    return list({p.name: p for p in phases}.values())
+    phases = list({p.name: p for p in phases}.values())
+    return _whole_channels(cfg, total, phases) if "channel" in cfg.structure else phases
+
+
+CHANNEL = "channel"  # the distribution of a --structure channel phase (its folder names say so)
+
+
+@functools.lru_cache(maxsize=256)
+def channel_counts(arch: kernels.Arch, exclude: tuple[str, ...], sparsity: float) -> tuple[tuple[int, ...], int]:
+    """(channels kept per group, prunable weights removed) when the same fraction of channels goes
+    from every group of `arch`, the fraction whose removal comes closest to `sparsity` of the
+    prunable weights. Shapes only: which channels go depends on the weights, how many does not."""
+    from jaxprune import structured  # the channel groups of the model's family
+
+    params = kernels.abstract_params(arch.whole)
+    groups = structured.coupling(arch.model).groups(arch.model, params)
+    ranks = [np.arange(g_size, dtype=float) for g_size in
+             (structured.channels._get(params, g.producer)["kernel"].shape[-1] for g in groups)]
+    # Only the prunable kernels count towards the target (--exclude's stay out of it).
+    flags = jax.tree.leaves(masks_lib.prunable(params, kernels.mask_filter(exclude)))
+    prunable: dict = {}
+    for (path, leaf), flag in zip(jax.tree_util.tree_leaves_with_path(params), flags):
+        if flag:
+            node = prunable
+            for key in masks_lib.path_names(path)[:-1]:
+                node = node.setdefault(key, {})
+            node[masks_lib.path_names(path)[-1]] = leaf
+    fraction, reached = structured.fraction_for(prunable, groups, ranks, sparsity)
+    counts = tuple(len(k) for k in structured.select(ranks, fraction))
+    return counts, round(reached * kernels.counts(arch.whole, exclude)[1])
+
+
+def _whole_channels(cfg: config_lib.StudyConfig, total: int, phases: list[Phase]) -> list[Phase]:
+    """Channel phases at what whole channels reach: each phase's sparsity, and its count (the
+    weights its round removes), from `channel_counts` of its target sparsity."""
+    arch, exclude = kernels.Arch.of(cfg.train), tuple(cfg.train.exclude)
+    reached: dict[str, float] = {}
+    out = []
+    for p in phases:
+        if p.distribution == CHANNEL:
+            counts, removed = channel_counts(arch, exclude, p.sparsity)
+            before = reached.get(p.parent, 0.0)
+            if removed <= round(before * total):
+                raise StudyError(
+                    f"{p.name}: whole channels of {cfg.train.model} at width {cfg.train.width} cannot go from "
+                    f"{100 * before:.2f}% to {100 * p.sparsity:.2f}% of its weights; give fewer, farther-apart "
+                    "targets, or a wider model")
+            p = dataclasses.replace(p, count=removed - round(before * total), sparsity=removed / total)
+        reached[p.name] = p.sparsity
+        out.append(p)
+    return out
 
 
 def _pattern_phases(cfg: config_lib.StudyConfig, total: int, pruned: int, root: str, new) -> list[Phase]:
@@ -199,6 +252,8 @@ def phase_config(cfg: config_lib.StudyConfig, phase: Phase) -> config_lib.TrainC
         **SCHEDULES[phase.schedule].config(cfg, phase, prunable_total(cfg.train)),
         **RETRAINING[phase.retrain].config(cfg),
     }
+    if phase.distribution == CHANNEL:
+        changes["channels"] = channel_counts(kernels.Arch.of(cfg.train), tuple(cfg.train.exclude), phase.sparsity)[0]
     return cfg.phase(cfg.round_epochs, seed, **changes)
 
 

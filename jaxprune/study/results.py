@@ -17,12 +17,12 @@ from jaxprune.training import loop, rundir
 from jaxprune.study import config as config_lib
 from jaxprune.data import sources as data
 from jaxprune.models import cost as model_cost, kernels
-from jaxprune.study.planning import BASELINE, Phase
+from jaxprune.study.planning import BASELINE, CHANNEL, Phase
 
 RESULT_FIELDS = (
     "model", "data",  # the network (--model) and the data set's name (--data's kind, e.g. cifar10)
     "seed", "retrain", "distribution",
-    "structure",  # what is removed: 'unstructured' (single weights; N:M patterns too); '' for the baseline
+    "structure",  # what is removed: unstructured (single weights; N:M patterns too), channel; '' for the baseline
     "schedule", "method", "target", "round", "sparsity",
     # ShrinkBench's size and cost (jaxprune.models.cost): all parameters and the non-zero ones,
     # multiply-adds (MACs, not 2x FLOPs) of the conv and dense layers per 32x32 image, dense and
@@ -64,7 +64,7 @@ def _result_row(phase: Phase, m: dict[str, Any], labels: dict[str, str]) -> dict
     return {
         **labels, "seed": phase.seed, "retrain": "" if base else phase.retrain,
         "distribution": "" if base else phase.distribution,
-        "structure": "" if base else "unstructured",
+        "structure": "" if base else ("channel" if phase.distribution == CHANNEL else "unstructured"),
         "schedule": phase.schedule, "method": phase.method, "target": phase.target, "round": phase.round,
         # Per epoch from the masks (it moves in gradual pruning); older logs: the phase's.
         "sparsity": round(phase.sparsity if m.get("sparsity") is None else m["sparsity"], 6),

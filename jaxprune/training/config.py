@@ -80,6 +80,11 @@ class TrainConfig:
         "the model's width: channels of its first stage (resnet18: 64, cifar_resnet_N: 16, cifar_vgg_N: 64 "
         "as published; smaller for tests); 0 = the published width",
     )
+    channels: tuple[int, ...] = _field(
+        (),
+        "channels kept per channel group, for a model made smaller by channel pruning (jaxprune.structured; "
+        "a study sets it for its --structure channel phases); empty = the whole model",
+    )
     dtype: str = _field(
         "float32", "compute dtype; parameters stay float32", choices=("float32", "bfloat16")
     )
@@ -203,6 +208,18 @@ class TrainConfig:
         """The model's outputs: the class count of --data."""
         return data.num_classes(self.data)
 
+    def _check_channels(self) -> None:
+        from jaxprune import structured  # the channel groups of the model's family
+
+        try:
+            groups = structured.coupling(self.model).groups(
+                self.model, kernels.abstract_params(kernels.Arch.of(self).whole))
+        except structured.ChannelError as e:
+            raise ConfigError(f"--channels: {e}") from None
+        if len(self.channels) != len(groups) or min(self.channels) < 1:
+            raise ConfigError(f"--channels: {self.model} has {len(groups)} channel groups ({groups[0].name}, ...); "
+                              f"give a count >= 1 for each, got {len(self.channels)}")
+
     def validate(self) -> "TrainConfig":
         """Raises ConfigError naming the first bad field; returns self."""
         data.check_spec(self.data)  # DataError is a ValueError with the fix in it
@@ -213,6 +230,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "width"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.channels:
+            self._check_channels()
         check_layout(self.devices, 1, self.batch_size)
         if self.steps_per_dispatch < 0:
             raise ConfigError(f"--steps-per-dispatch must be >= 0, got {self.steps_per_dispatch}")
@@ -256,11 +275,10 @@ class TrainConfig:
 def _check_choices(cfg) -> None:
     for f in dataclasses.fields(cfg):
         choices = f.metadata.get("choices")
-        if choices and getattr(cfg, f.name) not in choices:
-            raise ConfigError(
-                f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, "
-                f"got {getattr(cfg, f.name)!r}"
-            )
+        value = getattr(cfg, f.name)
+        for v in (value if isinstance(value, tuple) else (value,)) if choices else ():
+            if v not in choices:
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, got {v!r}")
 
 
 # open_lth's recipe for its CIFAR models (facebookresearch/open_lth, models/cifar_resnet.py and

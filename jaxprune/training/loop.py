@@ -86,7 +86,8 @@ class _Group:
         )
         self.val = None if dataset.val_labels is None else devices.put_replicated(
             (dataset.val_images, dataset.val_labels), mesh)
-        self.prunable = kernels.counts(kernels.Arch.of(self.cfg), tuple(self.cfg.exclude))[1]
+        # Of the whole model: a channel-pruned one's sparsity counts the channels it lost.
+        self.prunable = kernels.counts(kernels.Arch.of(self.cfg).whole, tuple(self.cfg.exclude))[1]
         self.cost = model_cost.arch_cost(kernels.Arch.of(self.cfg), tuple(self.cfg.exclude),
                                          tuple(dataset.train_images.shape[1:]))
         self.images = train.images_per_epoch(self.cfg, len(dataset.train_labels))

@@ -34,7 +34,7 @@ class TrainState:
 
 def build_model(cfg: config_lib.TrainConfig):
     """The Flax module `cfg` trains: its --model at its --width, with --data's class count."""
-    return models.get(cfg.model).build(cfg.num_classes, cfg.width, cfg.dtype)
+    return models.get(cfg.model).build(cfg.num_classes, cfg.width, cfg.dtype, tuple(cfg.channels))
 
 
 def images_per_epoch(cfg: config_lib.TrainConfig, n_train: int) -> int:
