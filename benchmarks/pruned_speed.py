@@ -112,6 +112,7 @@ def main() -> None:
     print(f"{args.model} at width {width}; medians of {args.repeats} after a warm-up; inference in eval mode, "
           f"training one SGD step at batch {args.train_batch}")
     rows = [("dense", 0.0, measure("dense", module, variables, dense_masks, args, rng))]
+    print("measured: dense", flush=True)
     bcoo = {}
     for t in args.targets:
         masks = jaxprune.prune_global(variables["params"], dense_masks, t)
@@ -121,7 +122,7 @@ def main() -> None:
                 bcoo = {"target": t, **bcoo_infer(module, variables, masks, args, rng)}
             except Exception as e:  # what users meet: say it in one line
                 bcoo = {"target": t, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
-        nm = jaxprune.prune(variables["params"], dense_masks, 0.5, pattern="2:4") if t == 0.5 else None
+        nm = jaxprune.prune(variables["params"], dense_masks, pattern="2:4") if t == 0.5 else None
         if nm is not None:
             rows.append(("2:4 masks", 0.5, measure("nm", module, variables, nm, args, rng)))
         pruned, reached = structured.prune_to_weights(args.model, variables, t, score=args.score, width=width)
