@@ -455,3 +455,16 @@ def test_a_restart_from_scratch_keeps_the_intact_epochs_aside(tmp_path, capsys):
              for p in (ckpts / "1.superseded").rglob("*") if p.is_file()}
     assert aside == kept
     assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2, 3]
+
+
+def test_a_file_system_that_refuses_locks_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def refuse(fd, op):  # what Lustre mounted without flock answers
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    code = cli.main(["train", "--preset", "tiny", "--no-progress", "--workdir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "refuses locks (Function not implemented)" in err[0], err

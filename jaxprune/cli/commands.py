@@ -70,6 +70,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     from jaxprune.study import driver as study
 
     cfg = study_config(args).validate()
+    if cfg.executor == "ray":  # Ray before JAX starts in this process
+        from jaxprune.study import ray_executor
+
+        ray_executor.init(cfg.ray_address)
     workdir = Path(args.workdir) if args.workdir else default_study_workdir(cfg)
     results = api.run_study(cfg, workdir, report=not args.no_report)
     if hosts.primary():  # the job's files are process 0's

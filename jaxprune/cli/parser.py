@@ -210,7 +210,11 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
         "report",
         help="figures and tables from a study's results.csv",
         description="Write the write-up's figures (PNG) and tables (markdown and CSV) from "
-        "WORKDIR/results.csv into WORKDIR/report/.",
+        "WORKDIR/results.csv into WORKDIR/report/. Table 12 and buys.png give what pruning buys, as "
+        "ShrinkBench counts it: params and non-zero params, and multiply-adds (MACs) of the conv and "
+        "dense layers per image, dense and left by the masks (flops, flops_nz in results.csv). These are "
+        "multiply-adds: XLA's cost_analysis counts 2 FLOPs per multiply-add, and counts masked weights "
+        "as dense; the speedup (flops / flops_nz) is theoretical.",
     )
     p.add_argument("workdir", help="a study directory (or its results.csv)")
     p.add_argument("--out", help="output folder (default: WORKDIR/report)")

@@ -11,6 +11,8 @@ occurrence of EVENT in this process performs ACTION:
 - ``fill``: fill the file system holding the path in ``JAXPRUNE_FAULT_PATH``
   (a file ``.jaxprune-fill`` there, written until ENOSPC), so the next write
   fails as on a full disk;
+- ``kill-once``: SIGKILL this process unless the file ``JAXPRUNE_FAULT_PATH`` exists,
+  which it creates first: a process started again (a retried Ray task) gets past it;
 - ``pause``: wait until the file ``JAXPRUNE_FAULT_PATH`` exists (checked every
   20 ms), so a test can act while the process is held at a known point.
 
@@ -45,8 +47,8 @@ def _parse(text: str) -> tuple[str, int, str] | None:
         return None
     parts = text.split(":")
     event, n, action = parts[0], int(parts[1]) if len(parts) > 1 else 1, parts[2] if len(parts) > 2 else "kill"
-    if event not in EVENTS or action not in ("kill", "term", "int", "fill", "pause") or n < 1:
-        raise ValueError(f"JAXPRUNE_FAULT={text!r}: want EVENT:N[:kill|term|int|fill|pause] with EVENT one of {', '.join(EVENTS)}")
+    if event not in EVENTS or action not in ("kill", "term", "int", "fill", "pause", "kill-once") or n < 1:
+        raise ValueError(f"JAXPRUNE_FAULT={text!r}: want EVENT:N[:kill|term|int|fill|pause|kill-once] with EVENT one of {', '.join(EVENTS)}")
     return event, n, action
 
 
@@ -61,6 +63,12 @@ def fault_point(event: str) -> None:
     signals = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}
     if spec[2] in signals:
         os.kill(os.getpid(), signals[spec[2]])
+    elif spec[2] == "kill-once":
+        try:
+            os.close(os.open(os.environ["JAXPRUNE_FAULT_PATH"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
     elif spec[2] == "pause":
         while not os.path.exists(os.environ["JAXPRUNE_FAULT_PATH"]):
             time.sleep(0.02)

@@ -79,6 +79,11 @@ def locked(directory: str | os.PathLike) -> Iterator[Path]:
                 raise RunDirError(
                     f"cannot use {directory} as a directory ({e.strerror or e}); give a writable --workdir"
                 ) from None
+            if e.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):  # e.g. Lustre mounted without flock
+                raise RunDirError(
+                    f"the file system of {directory} refuses locks ({e.strerror or e}); mount it with locking "
+                    "(Lustre: -o flock; NFS: lockd running) or use another --workdir"
+                ) from None
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"

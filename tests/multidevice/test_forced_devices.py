@@ -139,7 +139,7 @@ def test_runs_sharded_over_four_devices_match_one(tmp_path):
         # A study whose 4 one-shot phases are one group, sharded 4 ways, against
         # --parallel-runs 1 on one device: the same rows, within float32 tolerance
         # (a batched convolution rounds differently, and training amplifies it).
-        small = ["--data", "synthetic:512,128", "--no-progress"]
+        small = ["--data", "synthetic:256,64", "--no-progress"]
         assert cli.main(["train", "--preset", "tiny", "--epochs", "1", "--devices", "1", "--workdir", f"{tmp_path}/base", *small]) == 0
         common = ["study", "--preset", "tiny", "--baseline", f"{tmp_path}/base", "--methods", "magnitude", "--targets",
                   "0.5", "0.75", "0.875", "0.9", "--schedules", "oneshot", "--no-report", *small]

@@ -1,0 +1,165 @@
+"""``--executor ray``: a study's unfinished phases as Ray tasks, each after its parent's.
+
+The plan is a graph (a seed's baseline before its one-shot phases, each iterative round after
+the one before); every phase resumes from its own checkpoints. So each pending phase becomes a
+task that takes its parent's task's result as an argument (Ray runs it once that is ready), and:
+
+- a task whose worker or node dies is retried (``max_retries``) and resumes from the phase's
+  last saved epoch, as a local rerun would;
+- a phase that fails for a reason of its own is not retried (``retry_exceptions=False``); one
+  that diverges returns so, and its dependents return "skipped" without training;
+- tasks return names and metrics, never weights: a task reads its parent's final weights from
+  the study directory, which every node must see (checked at the start with a probe file);
+- SIGINT or SIGTERM to the driver cancels the tasks (each phase keeps its saved epochs).
+
+The driver holds the study's lock as a local run does; each phase's directory has its own.
+The executor is not part of a study's identity: a study begun locally can be finished on Ray,
+and the other way round. Ray is an optional extra (``pip install 'jaxprune[ray]'``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from jaxprune.runtime import interrupt
+from jaxprune.runtime.errors import UserError
+
+EXTRA = "pip install 'jaxprune[ray]'"
+
+
+class RayError(UserError):
+    """Ray is missing, unreachable, or the study directory is not shared."""
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayError(f"--executor ray needs Ray, an optional extra: {EXTRA}") from None
+    return ray
+
+
+def init(address: str = "", num_cpus: int | None = None) -> None:
+    """Starts or joins Ray before JAX starts in this process (its workers start their own JAX)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus, log_to_driver=False, include_dashboard=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise RayError(f"cannot start or reach Ray{' at ' + address if address else ''}: "
+                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _env(cfg, workdir: Path) -> dict[str, str]:
+    """What each task's process gets: the study's compilation cache, and a memory share of the GPU
+    when several phases share one (--gpus-per-phase below 1)."""
+    env = {"JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(workdir / ".xla-cache")}
+    for k in ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "JAXPRUNE_FAULT", "JAXPRUNE_FAULT_PATH", "JAX_PLATFORMS"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    if 0 < cfg.gpus_per_phase < 1:
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * cfg.gpus_per_phase:.3f}"
+    return env
+
+
+def _train_phase(cfg_dict: dict, workdir: str, phase_dict: dict, parent_dict: dict | None,
+                 parent_result: dict | None) -> dict:
+    """One phase, in a Ray worker: its parent's final weights from disk, then `loop.train_runs`."""
+    from jaxprune.data import sources as data
+    from jaxprune.study import config as config_lib, phases as phase_lib, planning
+    from jaxprune.training import loop
+
+    phase = planning.Phase(**phase_dict)
+    if parent_result is not None and parent_result["status"] != "trained":
+        return {"name": phase.name, "status": "skipped", "because": parent_result.get("because") or parent_result["name"]}
+    cfg = config_lib.from_dict(config_lib.StudyConfig, cfg_dict)
+    root = Path(workdir)
+    parent = None
+    if parent_dict is not None:
+        p = planning.Phase(**parent_dict)
+        parent = phase_lib.load_final(root / p.name, planning.phase_config(cfg, p))
+    dataset = data.load(cfg.train.data).prepared(cfg.train)
+    spec = phase_lib.phase_spec(cfg, root, phase, parent)
+    result = loop.train_runs([spec], dataset=dataset)[0]
+    diverged = loop.stopped_by_divergence(spec.cfg, result.history)
+    return {"name": phase.name, "status": "diverged" if diverged else "trained",
+            "epoch": result.history[-1]["epoch"] if result.history else 0,
+            "best_test_acc": result.best_test_acc, "sparsity": phase.sparsity}
+
+
+def _probe(workdir: str, token: str) -> str:
+    path = Path(workdir) / f".ray-probe-{token}"
+    path.write_text(token)
+    return os.uname().nodename
+
+
+def check_shared(ray, workdir: Path) -> None:
+    """Every node sees the study directory: a task writes a probe file there, the driver reads it."""
+    token = uuid.uuid4().hex
+    node = ray.get(ray.remote(num_cpus=0)(_probe).remote(str(workdir), token))
+    path = workdir / f".ray-probe-{token}"
+    try:
+        if not path.exists() or path.read_text() != token:
+            raise RayError(f"a Ray task on {node} wrote into {workdir} but this driver does not see it; give a "
+                           "--workdir on a file system every node shares")
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def run_phases(cfg, workdir: Path, phases: list, done: set[str], failed: dict[str, str],
+               log: Callable[[str], None]) -> None:
+    """Trains the `phases` not in `done` as Ray tasks (see the module docstring); logs a line per phase.
+    `failed`: phases that diverged before (each mapped to itself): their descendants are not trained."""
+    ray = import_ray()
+    check_shared(ray, workdir)
+    task = ray.remote(_train_phase).options(
+        num_cpus=cfg.cpus_per_phase, num_gpus=cfg.gpus_per_phase, max_retries=3, retry_exceptions=False,
+        runtime_env={"env_vars": _env(cfg, workdir)})
+    by_name = {p.name: p for p in phases}
+    cfg_dict = dataclasses.asdict(cfg)
+    refs: dict[str, Any] = {}
+    failed = dict(failed)
+    for p in phases:  # plan order: a parent's task is submitted before its children's
+        if p.parent in failed and p.name not in done:
+            failed[p.name] = failed[p.parent]
+            log(f"[not trained] {p.name}: it descends from {failed[p.name]}, which diverged")
+            continue
+        if p.name in done:
+            continue
+        parent = by_name.get(p.parent) if p.parent else None
+        refs[p.name] = task.remote(cfg_dict, str(workdir), dataclasses.asdict(p),
+                                   dataclasses.asdict(parent) if parent else None, refs.get(p.parent))
+    names = {ref: name for name, ref in refs.items()}
+    pending, finished = list(refs.values()), len(done)
+    with interrupt.stop_at_once():  # SIGINT/SIGTERM raise Interrupted here: cancel, then leave
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                finished += 1
+                _log_result(ray, ready[0], names, f"[{finished}/{len(phases)}]", log)
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref)
+            raise
+
+
+def _log_result(ray, ref, names: dict, counter: str, log: Callable[[str], None]) -> None:
+    try:
+        r = ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        raise RayError(f"{names[ref]}: {str(e.cause if e.cause else e).splitlines()[-1]}") from None
+    if r["status"] == "skipped":
+        log(f"[not trained] {r['name']}: it descends from {r['because']}, which diverged")
+    elif r["status"] == "diverged":
+        log(f"{counter} {r['name']}: diverged at epoch {r['epoch']}")
+    else:
+        log(f"{counter} {r['name']}: sparsity {100 * r['sparsity']:.2f}%, best test accuracy "
+            f"{100 * r['best_test_acc']:.2f}%")
