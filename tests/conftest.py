@@ -38,6 +38,8 @@ def pytest_ignore_collect(collection_path, config):
     of its own (tests/test_parallel.py starts it), never in a one-device session."""
     if collection_path.name == "multidevice" and jax.device_count() < 4:
         return True
+    if collection_path.name == "raycluster" and not os.environ.get("JAXPRUNE_RAY_SESSION"):
+        return True  # Ray must start before JAX in its session: tests/test_ray.py starts one
     return None
 
 

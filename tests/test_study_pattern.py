@@ -119,6 +119,9 @@ def test_a_pattern_study_with_seeds_explains_itself(tmp_path):
     # The per-layer profile from the saved masks: one row per result, seed and kernel.
     prof = pd.read_csv(report / "table10_layer_sparsity.csv")
     assert len(prof) == 2 * 5 * 3  # seeds x (one-shot 50, 75; iterative at 50, 75; 2:4) x kernels
+    # Each layer's multiply-adds per image: its weights times their output positions (32x32, 16x16, 1).
+    positions = prof["layer"].map({"conv1/kernel": 1024, "conv2/kernel": 256, "fc/kernel": 1})
+    assert (prof["flops"] == prof["size"] * positions).all() and (prof["flops_nz"] == prof["kept"] * positions).all()
     stem = prof[(prof["layer"] == "conv1/kernel") & (prof["arm"] == "one-shot magnitude, 2:4")]
     assert (stem["sparsity"] == 0).all() and (stem["kept"] == 216).all()
     one = prof[(prof["arm"] == "one-shot magnitude, global") & (prof["for_target"] == 0.5)]

@@ -108,11 +108,14 @@ def _profile(found, keyed: pd.DataFrame, outdir: Path, number: int, suffix: str)
     # Markdown: the emptiest and the fullest layer of each result (the whole profile is in the CSV).
     lines = [f"**Table {number}: per-layer sparsity (%), the most and least pruned layer of each result; "
              f"every layer in table{number}_layer_sparsity.csv and the figure**", "",
-             "| target (%) | result | most pruned | least pruned |", "|---|---|---|---|"]
+             "| target (%) | result | most pruned | least pruned | MACs kept (%) |", "|---|---|---|---|---|"]
+    # Of the prunable layers' multiply-adds per image, the share their masks leave (mean over seeds).
+    macs = prof.groupby(["for_target", "arm"])[["flops", "flops_nz"]].sum()
     for (t, arm), g in mean.groupby(["for_target", "arm"], sort=False):
         hi, lo = g.loc[g["sparsity"].idxmax()], g.loc[g["sparsity"].idxmin()]
+        kept = macs.loc[(t, arm)]
         lines.append(f"| {100 * t:g} | {arm} | {hi['layer']} {100 * hi['sparsity']:.2f} | "
-                     f"{lo['layer']} {100 * lo['sparsity']:.2f} |")
+                     f"{lo['layer']} {100 * lo['sparsity']:.2f} | {100 * kept['flops_nz'] / kept['flops']:.2f} |")
     text = "\n".join(lines) + "\n"
     (outdir / f"table{number}_layer_sparsity.md").write_text(text)
     return text, path

@@ -19,7 +19,7 @@ import pandas as pd
 from jaxprune.training import checkpoint, rundir
 from jaxprune import masks as masks_lib
 from jaxprune.study import config as config_lib
-from jaxprune.models import kernels
+from jaxprune.models import cost as model_cost, kernels
 from jaxprune.study import driver as study
 from jaxprune.report.results import PHASE as KEYS  # a phase's keys in results.csv
 
@@ -31,6 +31,7 @@ class PhaseMasks:
 
     bits: dict[str, np.ndarray]
     sizes: dict[str, int]
+    flops_per_weight: dict[str, int] = dataclasses.field(default_factory=dict)  # multiply-adds per image (models.cost)
 
     def kept(self) -> dict[str, int]:
         """Weights kept per layer."""
@@ -50,7 +51,8 @@ def read(folder: Path, cfg: config_lib.TrainConfig) -> PhaseMasks:
     masks = checkpoint.restore_masks(where, epoch, abstract_masks(cfg))
     bits = masks_lib.overlap.packed(masks)
     sizes = {masks_lib.path_str(p): math.prod(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(masks) if m.ndim}
-    return PhaseMasks(bits, sizes)
+    cost = model_cost.arch_cost(kernels.Arch.of(cfg), tuple(cfg.exclude))
+    return PhaseMasks(bits, sizes, dict(zip(sizes, cost.flops_per_weight)))
 
 
 def study_masks(workdir: str | Path, wanted: pd.DataFrame) -> tuple[dict[tuple, PhaseMasks], list[str]]:
@@ -85,13 +87,16 @@ def _normal(values) -> tuple:
 
 def layer_profile(found: dict[tuple, PhaseMasks]) -> pd.DataFrame:
     """Long form: per phase (KEYS) and prunable layer: ``layer``, ``position`` (its place among the
-    leaves, which pytrees sort by name), ``size``, ``kept``, ``sparsity`` (fraction pruned)."""
+    leaves, which pytrees sort by name), ``size``, ``kept``, ``sparsity`` (fraction pruned), and
+    ``flops``, ``flops_nz``: the layer's multiply-adds per image, dense and left by its mask."""
     rows = [
         {**dict(zip(KEYS, key)), "layer": layer, "position": i, "size": pm.sizes[layer], "kept": kept,
-         "sparsity": 1 - kept / pm.sizes[layer]}
+         "sparsity": 1 - kept / pm.sizes[layer],
+         "flops": pm.sizes[layer] * pm.flops_per_weight.get(layer, np.nan),
+         "flops_nz": kept * pm.flops_per_weight.get(layer, np.nan)}
         for key, pm in found.items() for i, (layer, kept) in enumerate(pm.kept().items())
     ]
-    return pd.DataFrame(rows, columns=[*KEYS, "layer", "position", "size", "kept", "sparsity"])
+    return pd.DataFrame(rows, columns=[*KEYS, "layer", "position", "size", "kept", "sparsity", "flops", "flops_nz"])
 
 
 def overlaps(found: dict[tuple, PhaseMasks], groups: dict[tuple, str]) -> pd.DataFrame:
