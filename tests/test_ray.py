@@ -43,3 +43,42 @@ def test_without_ray_the_executor_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["jaxprune study: error: --executor ray needs Ray, an optional extra: pip install 'jaxprune[ray]'"]
     assert not (tmp_path / "w").exists()
+
+
+class _FakeRay:
+    """Just what check_shared calls: two live nodes, and a 'remote' task that runs here, writing
+    its probe into `lands_in` (a node whose file system is not the driver's writes elsewhere)."""
+
+    def __init__(self, lands_in):
+        self.lands_in = lands_in
+
+    def nodes(self):
+        return [{"NodeManagerHostname": "here", "Alive": True}, {"NodeManagerHostname": "other", "Alive": True}]
+
+    def remote(self, fn):
+        lands_in = self.lands_in
+
+        class Task:
+            def options(self, **kw):
+                return self
+
+            def remote(self, workdir, token):
+                return fn(str(lands_in or workdir), token)
+
+        return Task()
+
+    def get(self, value):
+        return value
+
+
+def test_a_study_directory_a_node_does_not_share_is_one_line(tmp_path):
+    from jaxprune.study import ray_executor
+
+    shared = tmp_path / "study"
+    shared.mkdir()
+    ray_executor.check_shared(_FakeRay(None), shared, {})  # the probe lands where the driver reads it
+    assert list(shared.iterdir()) == []  # and is removed
+    elsewhere = tmp_path / "node-local"
+    elsewhere.mkdir()
+    with pytest.raises(ray_executor.RayError, match=r"does not see it; give a --workdir on a file system every node"):
+        ray_executor.check_shared(_FakeRay(elsewhere), shared, {})

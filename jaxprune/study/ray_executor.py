@@ -101,10 +101,15 @@ def _probe(workdir: str, token: str) -> str:
     return os.uname().nodename
 
 
-def check_shared(ray, workdir: Path) -> None:
-    """Every node sees the study directory: a task writes a probe file there, the driver reads it."""
+def check_shared(ray, workdir: Path, env: dict[str, str]) -> None:
+    """Every node sees the study directory: a task writes a probe file there, the driver reads it.
+    A cluster of this machine alone shares it by construction, and is not probed."""
+    here = os.uname().nodename
+    if all(n.get("NodeManagerHostname") == here for n in ray.nodes() if n.get("Alive")):
+        return
     token = uuid.uuid4().hex
-    node = ray.get(ray.remote(num_cpus=0)(_probe).remote(str(workdir), token))
+    # The tasks' own runtime env, so the probe runs in a worker like theirs.
+    node = ray.get(ray.remote(_probe).options(num_cpus=0, runtime_env={"env_vars": env}).remote(str(workdir), token))
     path = workdir / f".ray-probe-{token}"
     try:
         if not path.exists() or path.read_text() != token:
@@ -119,10 +124,11 @@ def run_phases(cfg, workdir: Path, phases: list, done: set[str], failed: dict[st
     """Trains the `phases` not in `done` as Ray tasks (see the module docstring); logs a line per phase.
     `failed`: phases that diverged before (each mapped to itself): their descendants are not trained."""
     ray = import_ray()
-    check_shared(ray, workdir)
+    env = _env(cfg, workdir)
+    check_shared(ray, workdir, env)
     task = ray.remote(_train_phase).options(
         num_cpus=cfg.cpus_per_phase, num_gpus=cfg.gpus_per_phase, max_retries=3, retry_exceptions=False,
-        runtime_env={"env_vars": _env(cfg, workdir)})
+        runtime_env={"env_vars": env})
     by_name = {p.name: p for p in phases}
     cfg_dict = dataclasses.asdict(cfg)
     refs: dict[str, Any] = {}
@@ -139,12 +145,16 @@ def run_phases(cfg, workdir: Path, phases: list, done: set[str], failed: dict[st
                                    dataclasses.asdict(parent) if parent else None, refs.get(p.parent))
     names = {ref: name for name, ref in refs.items()}
     pending, finished = list(refs.values()), len(done)
-    with interrupt.stop_at_once():  # SIGINT/SIGTERM raise Interrupted here: cancel, then leave
+    # SIGINT/SIGTERM only request a stop (raised inside Ray's own code, it would come out wrapped):
+    # the wait below looks every half second, then cancels the tasks and leaves as a local run does.
+    with interrupt.stop_at_safe_points():
         try:
             while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                finished += 1
-                _log_result(ray, ready[0], names, f"[{finished}/{len(phases)}]", log)
+                interrupt.check()
+                ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+                for ref in ready:
+                    finished += 1
+                    _log_result(ray, ref, names, f"[{finished}/{len(phases)}]", log)
         except BaseException:
             for ref in pending:
                 ray.cancel(ref)
