@@ -18,7 +18,9 @@ from jaxprune import cli
 def test_the_ray_session_passes(tmp_path):
     """tests/raycluster: results equal to the local run, an executor switched mid-study, a worker
     killed mid-phase, divergence, and an interrupted driver."""
-    env = {**os.environ, "JAXPRUNE_RAY_SESSION": "1"}
+    # RAY_ENABLE_UV_RUN_RUNTIME_ENV=0: under `uv run` (scripts/test) Ray would start its workers with
+    # `uv run` in a copy of the working directory, where they never registered (CI hung).
+    env = {**os.environ, "JAXPRUNE_RAY_SESSION": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t"),
          str(Path(__file__).parent / "raycluster")],

@@ -45,6 +45,9 @@ def import_ray():
 
 def init(address: str = "", num_cpus: int | None = None) -> None:
     """Starts or joins Ray before JAX starts in this process (its workers start their own JAX)."""
+    # Under `uv run`, Ray would start its workers with `uv run` in a copy of the working directory,
+    # where they failed to register (CI hung in the first task); they run this interpreter instead.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     ray = import_ray()
     if ray.is_initialized():
         return

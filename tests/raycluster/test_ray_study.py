@@ -22,6 +22,7 @@ ARGS = ["study", "--preset", "tiny", "--data", "synthetic:256,64", "--methods", 
 
 @pytest.fixture(scope="module")
 def local_ray():
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # as jaxprune.study.ray_executor.init does
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
