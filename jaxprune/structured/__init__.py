@@ -3,10 +3,10 @@ coupled layers (`jaxprune.structured.channels`)."""
 
 from jaxprune.structured.channels import (
     COUPLINGS, SCOPES, SCORES, ChannelError, Coupling, Group, Pruned, coupling, cut, cut_to_counts, fraction_for,
-    kept_weights, producers,
+    group_sizes, kept_weights, producers,
     prune_channels, prune_to_weights, scores, select, silenced, weights_removed,
 )
 
 __all__ = ["COUPLINGS", "SCOPES", "SCORES", "ChannelError", "Coupling", "Group", "Pruned", "coupling", "cut",
            "prune_channels", "scores", "select", "silenced", "fraction_for", "kept_weights",
-           "prune_to_weights", "weights_removed", "cut_to_counts", "producers"]
+           "prune_to_weights", "weights_removed", "cut_to_counts", "producers", "group_sizes"]

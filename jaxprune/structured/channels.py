@@ -133,6 +133,16 @@ def scores(params: dict, groups: list[Group], score: str, seed: int = 0) -> list
     return out
 
 
+def _top(s: np.ndarray, n: int) -> np.ndarray:
+    """The sorted indices of the `n` highest scores (ties: the lower index)."""
+    return np.sort(np.argsort(-s, kind="stable")[:n])
+
+
+def group_sizes(params: dict, groups: list[Group]) -> list[int]:
+    """Each group's channels: its producer kernel's output channels."""
+    return [_get(params, g.producer)["kernel"].shape[-1] for g in groups]
+
+
 def select(channel_scores: list[np.ndarray], fraction: float, scope: str = "layer") -> list[np.ndarray]:
     """Per group, the sorted indices of the channels kept when `fraction` of them (per group, or
     of all channels with `scope='global'`) are removed, the lowest scores first; ties go to the
@@ -143,7 +153,7 @@ def select(channel_scores: list[np.ndarray], fraction: float, scope: str = "laye
         raise ChannelError(f"channel scope {scope!r}: choose from {', '.join(SCOPES)}")
     if scope == "layer":
         keep = [max(1, len(s) - int(round(fraction * len(s)))) for s in channel_scores]
-        return [np.sort(np.argsort(-s, kind="stable")[:k]) for s, k in zip(channel_scores, keep)]
+        return [_top(s, k) for s, k in zip(channel_scores, keep)]
     normed = [s / (s.mean() if s.mean() > 0 else 1.0) for s in channel_scores]
     flat = np.concatenate(normed)
     owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(normed)])
@@ -242,7 +252,7 @@ def cut_to_counts(model_name: str, variables: dict, counts, score: str = "l1", s
     highest-scoring ones kept (ties: the lower index)."""
     groups = coupling(model_name).groups(model_name, variables["params"])
     ranked = scores(variables["params"], groups, score, seed)
-    return cut(variables, groups, [np.sort(np.argsort(-s, kind="stable")[:n]) for s, n in zip(ranked, counts)])
+    return cut(variables, groups, [_top(s, n) for s, n in zip(ranked, counts)])
 
 
 def producers(model_name: str, params: dict) -> list[Path]:
@@ -250,9 +260,9 @@ def producers(model_name: str, params: dict) -> list[Path]:
     return [g.producer for g in coupling(model_name).groups(model_name, params)]
 
 
-def kept_weights(params: dict, groups: list[Group], counts) -> tuple[int, int]:
-    """(kept, all) entries of the conv and dense kernels if each group kept `counts` channels
-    (shapes only: nothing is cut)."""
+def kept_weights(params: dict, groups: list[Group], counts, include=None) -> tuple[int, int]:
+    """(kept, all) entries of the conv and dense kernels (only those whose module paths are in
+    `include`, if given) if each group kept `counts` channels (shapes only: nothing is cut)."""
     out_of, in_of = {}, {}
     for g, n in zip(groups, counts):
         out_of[g.producer] = n
@@ -261,7 +271,7 @@ def kept_weights(params: dict, groups: list[Group], counts) -> tuple[int, int]:
     kept = total = 0
     for path, x in jax.tree_util.tree_leaves_with_path(params):
         names = tuple(p.key for p in path)
-        if names[-1] != "kernel":
+        if names[-1] != "kernel" or (include is not None and names[:-1] not in include):
             continue
         shape = list(x.shape)
         total += math.prod(shape)
@@ -272,12 +282,12 @@ def kept_weights(params: dict, groups: list[Group], counts) -> tuple[int, int]:
 
 
 def fraction_for(params: dict, groups: list[Group], channel_scores: list[np.ndarray], target: float,
-                 scope: str = "layer") -> tuple[float, float]:
+                 scope: str = "layer", include=None) -> tuple[float, float]:
     """The channel fraction whose selection removes the fraction of kernel weights closest to
     `target` (whole channels cannot hit it exactly), and the weight fraction it removes.
     Weights removed grow with the channel fraction, so a bisection over it finds the closest."""
     def removed(f: float) -> float:
-        kept, total = kept_weights(params, groups, [len(k) for k in select(channel_scores, f, scope)])
+        kept, total = kept_weights(params, groups, [len(k) for k in select(channel_scores, f, scope)], include)
         return 1 - kept / total
 
     lo, hi = 0.0, 0.999

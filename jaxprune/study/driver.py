@@ -43,7 +43,7 @@ from jaxprune.models import kernels
 from jaxprune.runtime.faults import fault_point
 from jaxprune.study.modes import StudyError
 from jaxprune.study.planning import (  # noqa: F401 (served here too: driver.plan, driver.Phase, ...)
-    BASELINE, BASELINE_PHASE, CHANNEL, Phase, derived_seed, disk_estimate, model_shapes, phase_config, plan,
+    BASELINE, BASELINE_PHASE, Phase, derived_seed, disk_estimate, model_shapes, phase_config, plan,
     prunable_total, pruning_key, target_name,
 )
 from jaxprune.study.phases import Final, _restore_final, load_final, phase_spec  # noqa: F401 (served here too)

@@ -178,18 +178,12 @@ def channel_counts(arch: kernels.Arch, exclude: tuple[str, ...], sparsity: float
 
     params = kernels.abstract_params(arch.whole)
     groups = structured.coupling(arch.model).groups(arch.model, params)
-    ranks = [np.arange(g_size, dtype=float) for g_size in
-             (structured.channels._get(params, g.producer)["kernel"].shape[-1] for g in groups)]
+    ranks = [np.arange(n, dtype=float) for n in structured.group_sizes(params, groups)]
     # Only the prunable kernels count towards the target (--exclude's stay out of it).
     flags = jax.tree.leaves(masks_lib.prunable(params, kernels.mask_filter(exclude)))
-    prunable: dict = {}
-    for (path, leaf), flag in zip(jax.tree_util.tree_leaves_with_path(params), flags):
-        if flag:
-            node = prunable
-            for key in masks_lib.path_names(path)[:-1]:
-                node = node.setdefault(key, {})
-            node[masks_lib.path_names(path)[-1]] = leaf
-    fraction, reached = structured.fraction_for(prunable, groups, ranks, sparsity)
+    prunable = {masks_lib.path_names(path)[:-1]
+                for (path, _), flag in zip(jax.tree_util.tree_leaves_with_path(params), flags) if flag}
+    fraction, reached = structured.fraction_for(params, groups, ranks, sparsity, include=prunable)
     counts = tuple(len(k) for k in structured.select(ranks, fraction))
     return counts, round(reached * kernels.counts(arch.whole, exclude)[1])
 
