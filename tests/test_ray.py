@@ -28,7 +28,7 @@ def test_the_ray_session_passes(tmp_path):
     )
     print(result.stdout[-5000:])
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    assert "5 passed" in result.stdout
+    assert "6 passed" in result.stdout
 
 
 def test_without_ray_the_executor_is_one_line(tmp_path, monkeypatch, capsys):

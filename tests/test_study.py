@@ -173,3 +173,29 @@ def test_vmapped_phases_complete_and_match_one_at_a_time(tmp_path):
         # within 0.1%) with the dependencies pip resolved on 2026-12-07 (flax 0.12.8, optax 0.2.8,
         # numpy 2.4.6, jax 0.10.2): one epoch from a one-epoch baseline sits on a steep slope.
         assert float(a["test_acc"]) == pytest.approx(float(b["test_acc"]), abs=0.03)
+
+
+def test_parallel_groups_are_ready_phases_of_one_recipe_in_plan_order():
+    """What --parallel-runs trains together (the local driver's groups, and the Ray executor's tasks)."""
+    from jaxprune.study import phases as phase_lib, planning
+
+    cfg = config.study_preset("tiny", targets=(0.5, 0.75), methods=("magnitude",), parallel_runs=2,
+                              retrain=("retrain", "finetune"))
+    cfg.validate()
+    plan = planning.plan(cfg, planning.prunable_total(cfg.train))
+    names = lambda gs: [[p.name for p in g] for g in gs]  # noqa: E731
+    one, it = "oneshot-magnitude-{}/round-01", "iterative-magnitude-0.75{}/round-0{}"
+    # Up to 2 ready phases sharing the first one's recipe; finetune's is another (its own lr schedule).
+    assert names(phase_lib.groups(cfg, plan, set())) == [
+        ["baseline"], [one.format("0.50"), one.format("0.75")], [it.format("", 1)], [it.format("", 2)],
+        [one.format("0.50-finetune"), one.format("0.75-finetune")], [it.format("-finetune", 1)],
+        [it.format("-finetune", 2)],
+    ]
+    # Finished phases are not planned again; what they parent is ready at once.
+    done = {"baseline", one.format("0.50"), it.format("", 1)}
+    assert names(phase_lib.groups(cfg, [p for p in plan if p.name not in done], done)) == [
+        [one.format("0.75"), it.format("", 2)], [one.format("0.50-finetune"), one.format("0.75-finetune")],
+        [it.format("-finetune", 1)], [it.format("-finetune", 2)],
+    ]
+    with pytest.raises(study.StudyError, match="baseline is not in the plan"):
+        phase_lib.groups(cfg, [p for p in plan if p.parent == "baseline"], set())

@@ -123,8 +123,8 @@ class StudyConfig:
     )
     executor: str = _field(
         "local",
-        "where phases run: local (this process, the reference) or ray (each unfinished phase a Ray task after "
-        "its parent's, retried if its worker dies; needs the ray extra: pip install 'jaxprune[ray]'). Not part "
+        "where phases run: local (this process, the reference) or ray (each unfinished phase, or each group "
+        "--parallel-runs vmaps, a Ray task after its parents', retried if its worker dies; needs the ray extra: pip install 'jaxprune[ray]'). Not part "
         "of the study's identity: a study begun on one can be finished on the other",
         identity=False, choices=("local", "ray"),
     )
@@ -133,7 +133,7 @@ class StudyConfig:
         "Ray on this machine)", identity=False,
     )
     gpus_per_phase: float = _field(
-        0.0, "--executor ray: GPUs each phase's task asks for (0.5 packs two phases per GPU, each given that "
+        0.0, "--executor ray: GPUs each phase's task (or group's, with --parallel-runs) asks for (0.5 packs two phases per GPU, each given that "
         "share of its memory)", identity=False,
     )
     cpus_per_phase: float = _field(1.0, "--executor ray: CPUs each phase's task asks for", identity=False)
@@ -197,9 +197,8 @@ class StudyConfig:
                 raise ConfigError(f"--pattern: {e}") from None
         if not self.methods or not self.schedules:
             raise ConfigError("--methods and --schedules each need at least one value")
-        if self.executor == "ray" and (self.parallel_runs > 1 or self.gpus_per_phase < 0 or self.cpus_per_phase < 0):
-            raise ConfigError("--executor ray runs one phase per task: leave --parallel-runs at 1, and give "
-                              "--gpus-per-phase and --cpus-per-phase >= 0")
+        if self.executor == "ray" and (self.gpus_per_phase < 0 or self.cpus_per_phase < 0):
+            raise ConfigError("--gpus-per-phase and --cpus-per-phase need values >= 0")
         if not self.structure or len(set(self.structure)) != len(self.structure):
             raise ConfigError("--structure needs distinct values, each once")
         if "channel" in self.structure:

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import jax
 
-from jaxprune.training import checkpoint, loop, rundir, train
+from jaxprune.training import checkpoint, loop, rundir
 from jaxprune import masks as masks_lib
 from jaxprune.study import config as config_lib
 from jaxprune.data import sources as data
@@ -46,7 +46,9 @@ from jaxprune.study.planning import (  # noqa: F401 (served here too: driver.pla
     BASELINE, BASELINE_PHASE, Phase, derived_seed, disk_estimate, model_shapes, phase_config, plan,
     prunable_total, pruning_key, target_name,
 )
-from jaxprune.study.phases import Final, _restore_final, load_final, phase_spec  # noqa: F401 (served here too)
+from jaxprune.study.phases import (  # noqa: F401 (served here too)
+    Final, _restore_final, load_final, next_group, phase_spec,
+)
 from jaxprune.study.results import (  # noqa: F401 (served here too)
     RESULT_FIELDS, append_result, casualties, diverged_phases, labels, rebuild_results, recorded_phases,
     result_rows,
@@ -171,9 +173,6 @@ def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None,
     def spec(phase: Phase) -> loop.RunSpec:
         return phase_spec(cfg, workdir, phase, parent_of(phase) if phase.parent is not None else None)
 
-    def recipe(p: Phase):  # phases vmapped together must share one compiled program
-        return train.compile_key(dataclasses.replace(phase_config(cfg, p), seed=0)), p.retrain
-
     status = {p.name: phase_status(workdir / p.name, phase_config(cfg, p)) for p in phases}
     done = {name for name, st in status.items() if st}
     # Diverged phases, each mapped to itself, and what descends from them, to that ancestor.
@@ -218,8 +217,7 @@ def _run_phases(cfg, workdir: Path, phases: list[Phase], baseline: Final | None,
             log(f"[not trained] {p.name}: it descends from {failed[p.name]}, which diverged")
         if not pending:
             break
-        ready = [p for p in pending if p.parent is None or p.parent in done]
-        group = [p for p in ready if recipe(p) == recipe(ready[0])][: cfg.parallel_runs]
+        group = next_group(cfg, pending, done)
         try:
             specs = [spec(p) for p in group]
         except _DamagedFinal as d:

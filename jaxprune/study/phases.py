@@ -116,3 +116,31 @@ def _rewind_point(cfg: config_lib.StudyConfig, workdir: Path, phase: Phase) -> d
             )
         model, _ = ck.restore_model(k, checkpoint.abstract_model(train.abstract_state(base_cfg)))
     return {"params": model["params"], "batch_stats": model["batch_stats"]}
+
+
+def recipe(cfg: config_lib.StudyConfig, phase: Phase) -> tuple:
+    """What phases vmapped together share: one compiled program (their training configs but for
+    the seed) and one retraining mode."""
+    return train.compile_key(dataclasses.replace(phase_config(cfg, phase), seed=0)), phase.retrain
+
+
+def next_group(cfg: config_lib.StudyConfig, pending: list[Phase], done: set[str]) -> list[Phase]:
+    """What `--parallel-runs N` trains next: up to N phases of `pending` (in plan order) whose
+    parents are `done` and that share the first ready one's `recipe`."""
+    ready = [p for p in pending if p.parent is None or p.parent in done]
+    if not ready:
+        raise StudyError(f"{pending[0].name}: its parent {pending[0].parent} is not in the plan")
+    first = recipe(cfg, ready[0])
+    return [p for p in ready if recipe(cfg, p) == first][: cfg.parallel_runs]
+
+
+def groups(cfg: config_lib.StudyConfig, pending: list[Phase], done: set[str]) -> list[list[Phase]]:
+    """Every group `next_group` gives, in order, if every phase trains: the groups the local
+    driver forms as it goes, which the Ray executor submits as tasks."""
+    pending, done, out = list(pending), set(done), []
+    while pending:
+        out.append(next_group(cfg, pending, done))
+        for p in out[-1]:
+            pending.remove(p)
+            done.add(p.name)
+    return out

@@ -73,29 +73,39 @@ def _env(cfg, workdir: Path) -> dict[str, str]:
     return env
 
 
-def _train_phase(cfg_dict: dict, workdir: str, phase_dict: dict, parent_dict: dict | None,
-                 parent_result: dict | None) -> dict:
-    """One phase, in a Ray worker: its parent's final weights from disk, then `loop.train_runs`."""
+def _train_group(cfg_dict: dict, workdir: str, phase_dicts: list[dict], parent_dicts: list[dict],
+                 *parent_results: list[dict]) -> list[dict]:
+    """One group of phases (a single phase unless --parallel-runs N > 1), in a Ray worker: their
+    parents' final weights from disk, then `loop.train_runs` as the local driver calls it, with
+    the same run axis. `parent_results`: what the tasks of the parents' groups returned (Ray
+    passes them once those tasks are done). Returns one result per phase, in order."""
     from jaxprune.data import sources as data
     from jaxprune.study import config as config_lib, phases as phase_lib, planning
     from jaxprune.training import loop
 
-    phase = planning.Phase(**phase_dict)
-    if parent_result is not None and parent_result["status"] != "trained":
-        return {"name": phase.name, "status": "skipped", "because": parent_result.get("because") or parent_result["name"]}
     cfg = config_lib.from_dict(config_lib.StudyConfig, cfg_dict)
     root = Path(workdir)
-    parent = None
-    if parent_dict is not None:
-        p = planning.Phase(**parent_dict)
-        parent = phase_lib.load_final(root / p.name, planning.phase_config(cfg, p))
-    dataset = data.load(cfg.train.data).prepared(cfg.train)
-    spec = phase_lib.phase_spec(cfg, root, phase, parent)
-    result = loop.train_runs([spec], dataset=dataset)[0]
-    diverged = loop.stopped_by_divergence(spec.cfg, result.history)
-    return {"name": phase.name, "status": "diverged" if diverged else "trained",
-            "epoch": result.history[-1]["epoch"] if result.history else 0,
-            "best_test_acc": result.best_test_acc, "sparsity": phase.sparsity}
+    phases = [planning.Phase(**d) for d in phase_dicts]
+    parents = {p.name: p for p in (planning.Phase(**d) for d in parent_dicts)}
+    before = {r["name"]: r for rs in parent_results for r in rs}
+    out: dict[str, dict] = {}
+    for p in phases:  # a parent that diverged, or was skipped, trains none of its children
+        r = before.get(p.parent)
+        if r is not None and r["status"] != "trained":
+            out[p.name] = {"name": p.name, "status": "skipped", "because": r.get("because") or r["name"]}
+    group = [p for p in phases if p.name not in out]
+    if group:
+        finals = {name: phase_lib.load_final(root / name, planning.phase_config(cfg, parent))
+                  for name, parent in parents.items() if any(p.parent == name for p in group)}
+        dataset = data.load(cfg.train.data).prepared(cfg.train)
+        specs = [phase_lib.phase_spec(cfg, root, p, finals.get(p.parent)) for p in group]
+        results = loop.train_runs(specs, dataset=dataset, run_axis=cfg.parallel_runs)
+        for p, spec, result in zip(group, specs, results):
+            diverged = loop.stopped_by_divergence(spec.cfg, result.history)
+            out[p.name] = {"name": p.name, "status": "diverged" if diverged else "trained",
+                           "epoch": result.history[-1]["epoch"] if result.history else 0,
+                           "best_test_acc": result.best_test_acc, "sparsity": p.sparsity}
+    return [out[p.name] for p in phases]
 
 
 def _probe(workdir: str, token: str) -> str:
@@ -124,51 +134,66 @@ def check_shared(ray, workdir: Path, env: dict[str, str]) -> None:
 
 def run_phases(cfg, workdir: Path, phases: list, done: set[str], failed: dict[str, str],
                log: Callable[[str], None]) -> None:
-    """Trains the `phases` not in `done` as Ray tasks (see the module docstring); logs a line per phase.
-    `failed`: phases that diverged before (each mapped to itself): their descendants are not trained."""
+    """Trains the `phases` not in `done` as Ray tasks (see the module docstring), a task per group
+    the local driver would vmap together (`phases.groups`: one phase each at --parallel-runs 1);
+    logs a line per phase. `failed`: phases that diverged before (each mapped to itself): their
+    descendants are not trained."""
+    from jaxprune.study import phases as phase_lib
+
     ray = import_ray()
     env = _env(cfg, workdir)
     check_shared(ray, workdir, env)
-    task = ray.remote(_train_phase).options(
+    task = ray.remote(_train_group).options(
         num_cpus=cfg.cpus_per_phase, num_gpus=cfg.gpus_per_phase, max_retries=3, retry_exceptions=False,
         runtime_env={"env_vars": env})
     by_name = {p.name: p for p in phases}
     cfg_dict = dataclasses.asdict(cfg)
-    refs: dict[str, Any] = {}
     failed = dict(failed)
-    for p in phases:  # plan order: a parent's task is submitted before its children's
-        if p.parent in failed and p.name not in done:
+    pending = []
+    for p in phases:  # plan order: parents come first
+        if p.name in done:
+            continue
+        if p.parent in failed:
             failed[p.name] = failed[p.parent]
             log(f"[not trained] {p.name}: it descends from {failed[p.name]}, which diverged")
             continue
-        if p.name in done:
-            continue
-        parent = by_name.get(p.parent) if p.parent else None
-        refs[p.name] = task.remote(cfg_dict, str(workdir), dataclasses.asdict(p),
-                                   dataclasses.asdict(parent) if parent else None, refs.get(p.parent))
-    names = {ref: name for name, ref in refs.items()}
-    pending, finished = list(refs.values()), len(done)
+        pending.append(p)
+    refs: dict[str, Any] = {}  # a phase's name -> its group's task
+    tasks = []
+    for group in phase_lib.groups(cfg, pending, done):
+        parents = sorted({p.parent for p in group if p.parent is not None})
+        after = list(dict.fromkeys(refs[name] for name in parents if name in refs))  # each parent group once
+        ref = task.remote(cfg_dict, str(workdir), [dataclasses.asdict(p) for p in group],
+                          [dataclasses.asdict(by_name[name]) for name in parents if name in by_name], *after)
+        refs.update({p.name: ref for p in group})
+        tasks.append(ref)
+    pending_refs, finished = list(tasks), len(done)
     # SIGINT/SIGTERM only request a stop (raised inside Ray's own code, it would come out wrapped):
     # the wait below looks every half second, then cancels the tasks and leaves as a local run does.
     with interrupt.stop_at_safe_points():
         try:
-            while pending:
+            while pending_refs:
                 interrupt.check()
-                ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+                ready, pending_refs = ray.wait(pending_refs, num_returns=1, timeout=0.5)
                 for ref in ready:
-                    finished += 1
-                    _log_result(ray, ref, names, f"[{finished}/{len(phases)}]", log)
+                    for r in _results(ray, ref, group_of=[n for n, t in refs.items() if t == ref]):
+                        if r["status"] != "skipped":
+                            finished += 1
+                        _log_result(r, f"[{finished}/{len(phases)}]", log)
         except BaseException:
-            for ref in pending:
+            for ref in pending_refs:
                 ray.cancel(ref)
             raise
 
 
-def _log_result(ray, ref, names: dict, counter: str, log: Callable[[str], None]) -> None:
+def _results(ray, ref, group_of: list[str]) -> list[dict]:
     try:
-        r = ray.get(ref)
+        return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
-        raise RayError(f"{names[ref]}: {str(e.cause if e.cause else e).splitlines()[-1]}") from None
+        raise RayError(f"{', '.join(group_of)}: {str(e.cause if e.cause else e).splitlines()[-1]}") from None
+
+
+def _log_result(r: dict, counter: str, log: Callable[[str], None]) -> None:
     if r["status"] == "skipped":
         log(f"[not trained] {r['name']}: it descends from {r['because']}, which diverged")
     elif r["status"] == "diverged":

@@ -110,3 +110,13 @@ def test_interrupted_on_ray_finished_locally_and_the_other_way_round(tmp_path, l
         assert "[5/5]" not in text  # it stopped before the end
         assert cli.main([*ARGS, "--targets", "0.5", "0.75", *then, "--workdir", str(w)]) == 0
         assert results(w) == local_run, w.name
+
+
+def test_vmapped_groups_on_ray_equal_the_local_groups(tmp_path, local_ray):
+    # --parallel-runs 2: after the baseline, both one-shot phases train as one task (vmapped, run
+    # axis 2), then the iterative rounds, each a group of one on that axis, as the local run does.
+    a, b = tmp_path / "local", tmp_path / "ray"
+    args = [*ARGS, "--targets", "0.5", "0.75", "--parallel-runs", "2"]
+    assert cli.main([*args, "--workdir", str(a)]) == 0
+    assert cli.main([*args, "--executor", "ray", "--workdir", str(b)]) == 0
+    assert results(b) == results(a) and len(results(a)) == 2 + 4 * 2
