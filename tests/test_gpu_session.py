@@ -278,18 +278,19 @@ def test_the_deadline_stops_training_which_saves_and_still_comes_back(tmp_path, 
 
 @pytest.mark.slow
 def test_the_deadline_interrupts_pytest_which_still_comes_back(tmp_path):
-    # SIGINT at +6 s (23 - 2 packing - 15 for pytest to stop), during a 60-s test or before it.
+    # SIGINT at +10 s (27 - 2 packing - 15 for pytest to stop), during a 60-s test or before it
+    # (at +6 s, on a loaded machine, the script's preamble once took all of it: "no time left").
     (tmp_path / "checkout" / "tests").mkdir(parents=True)
     (tmp_path / "checkout" / "tests" / "test_sleep.py").write_text(
         "import time\n\n\ndef test_sleeps():\n    time.sleep(60)\n")
     t0 = time.monotonic()
     out = tmp_path / "out"
-    r = session(tmp_path, "tests", out, JAXPRUNE_GPU_TESTS="tests/test_sleep.py", JAXPRUNE_GPU_LIMIT_S="23",
+    r = session(tmp_path, "tests", out, JAXPRUNE_GPU_TESTS="tests/test_sleep.py", JAXPRUNE_GPU_LIMIT_S="27",
                 JAXPRUNE_GPU_PACK_S="2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert time.monotonic() - t0 < 23
+    assert time.monotonic() - t0 < 27
     assert_fits(out)
     summary = (out / "tests-summary.txt").read_text()
     assert "pytest: stopped by the deadline (SIGINT)" in summary, summary
     log = members(out, "tests")["tests/pytest.txt"].decode()
-    assert "# stopped by the deadline: SIGINT at +6 s of the step's 23 s" in log
+    assert "# stopped by the deadline: SIGINT at +10 s of the step's 27 s" in log
