@@ -43,6 +43,25 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
+# The slow tier's longest tests (each 40 s to 2 min on a 2-core machine: sessions and studies of
+# their own), collected first: pytest-xdist hands out tests in collection order, so these start
+# at once on both workers, and the short ones fill in around them instead of one of these
+# starting last and running alone.
+LONG_FIRST = (
+    "tests/test_ray.py::test_the_ray_session_passes",
+    "tests/test_gpu_session.py::test_three_calls_back_to_back_bring_back_their_figures",
+    "tests/test_parallel.py::test_the_forced_four_device_session_passes",
+    "tests/test_study.py::test_smoke_study_end_to_end",
+    "tests/test_hosts.py::test_two_processes_run_one_study_survive_a_lost_host_and_match_one_process",
+    "tests/test_study_channels.py::test_a_vgg_channel_study_runs_reports_and_exports_a_twin_torch_loads_strictly",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {nodeid: i for i, nodeid in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid, len(rank)))  # stable: the rest keep their order
+
+
 # A small finished study, trained once per session for the tests that only read it
 # (or change a copy): a 1-epoch baseline and one-shot magnitude pruning to 50%.
 SMALL_STUDY = ["study", "--preset", "tiny", "--data", "synthetic:256,64", "--methods", "magnitude",

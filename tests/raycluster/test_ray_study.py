@@ -23,8 +23,8 @@ ARGS = ["study", "--preset", "tiny", "--data", "synthetic:256,64", "--methods", 
 @pytest.fixture(scope="module")
 def local_ray():
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # as jaxprune.study.ray_executor.init does
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield context.address_info["gcs_address"]  # where another driver joins this cluster (--ray-address)
     ray.shutdown()
 
 
@@ -103,7 +103,8 @@ def _interrupted(args, tmp_path, tag):
 
 
 def test_interrupted_on_ray_finished_locally_and_the_other_way_round(tmp_path, local_ray, local_run):
-    for first, then in ((["--executor", "ray"], []), ([], ["--executor", "ray"])):
+    # The interrupted driver is a process of its own that joins this session's cluster (--ray-address).
+    for first, then in ((["--executor", "ray", "--ray-address", local_ray], []), ([], ["--executor", "ray"])):
         w = tmp_path / ("ray-first" if first else "local-first")
         code, text = _interrupted([*ARGS, "--targets", "0.5", "0.75", *first, "--workdir", str(w)], tmp_path, w.name)
         assert code == 130 and "Traceback" not in text, text[-3000:]
