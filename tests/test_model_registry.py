@@ -176,7 +176,7 @@ SMALL = ["--preset", "smoke", "--data", "synthetic:256,64", "--methods", "magnit
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["cifar_resnet_20", "cifar_vgg_16"])
+@pytest.mark.parametrize("name", ["cifar_vgg_16"])  # cifar_resnet_20's: tests/test_study_channels.py
 def test_a_study_of_an_open_lth_model_runs_and_names_it(tmp_path, name, capsys):
     import csv
 

@@ -122,14 +122,22 @@ def test_a_vgg_channel_study_runs_reports_and_exports_a_twin_torch_loads_strictl
 
 @pytest.mark.slow
 def test_a_cifar_resnet_channel_study_runs_end_to_end_and_resumes(tmp_path, capsys):
+    """Also a study of open_lth's cifar_resnet_20 (unstructured beside channel), named as such."""
     w = tmp_path / "study"
-    args = ["study", "--preset", "tiny", "--model", "cifar_resnet_20", "--width", "4", "--structure", "channel",
-            "--targets", "0.5", "--schedules", "oneshot", "iterative", "--methods", "magnitude", "random",
+    args = ["study", "--preset", "tiny", "--model", "cifar_resnet_20", "--width", "4", "--structure", "unstructured",
+            "channel", "--targets", "0.5", "--schedules", "oneshot", "iterative", "--methods", "magnitude", "random",
             "--channel-score", "bn-scale", *DATA, "--workdir", str(w)]
     assert cli.main(args) == 0
     got = rows(w / "results.csv")
-    assert {r["structure"] for r in got} == {"", "channel"} and len(got) == 1 + 2 * 2
+    assert {r["structure"] for r in got} == {"", "unstructured", "channel"} and len(got) == 1 + 2 * 2 * 2
+    assert {(r["model"], r["data"]) for r in got} == {("cifar_resnet_20", "synthetic")}
+    total = planning.prunable_total(config.TrainConfig(model="cifar_resnet_20", width=4))
+    assert total == kernels.counts(kernels.Arch("cifar_resnet_20", 4, 10))[1]
+    assert {float(r["sparsity"]) for r in got if r["structure"] != "channel"} == {0.0, round(round(0.5 * total) / total, 6)}
+    assert (w / "report" / "report.md").read_text().startswith("# Pruning study report: cifar_resnet_20 on synthetic")
+    assert cli.main(["evaluate", str(w / "oneshot-magnitude-0.50" / "round-01")]) == 0
+    assert "sparsity 50.00%" in capsys.readouterr().out
     assert cli.main(["evaluate", str(w / "iterative-random-channel-0.50" / "round-01")]) == 0
     capsys.readouterr()
     assert cli.main(args) == 0  # finished: nothing trains again
-    assert "0 of 5 epochs to train" in capsys.readouterr().out
+    assert "0 of 9 epochs to train" in capsys.readouterr().out
