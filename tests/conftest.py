@@ -62,6 +62,24 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.nodeid, len(rank)))  # stable: the rest keep their order
 
 
+def run_session(folder: str, tmp_path, env: dict, passed: int, timeout: int) -> None:
+    """Runs tests/<folder> as a pytest session of its own (a process whose environment a one-
+    process session cannot have: forced devices, Ray started before JAX); asserts that all
+    `passed` tests passed, and prints the session's tail."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t"),
+         str(Path(__file__).parent / folder)],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
+    )
+    print(result.stdout[-5000:])
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    assert f"{passed} passed" in result.stdout
+
+
 # A small finished study, trained once per session for the tests that only read it
 # (or change a copy): a 1-epoch baseline and one-shot magnitude pruning to 50%.
 SMALL_STUDY = ["study", "--preset", "tiny", "--data", "synthetic:256,64", "--methods", "magnitude",

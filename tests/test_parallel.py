@@ -1,9 +1,5 @@
 """Several runs vmapped on one device, and data parallelism over several devices."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +11,7 @@ from jaxprune import config
 from jaxprune.data import sources as data
 from jaxprune.training import loop, train
 from jaxprune.models import init_variables
+from tests.conftest import run_session
 
 
 def tiny(**overrides):
@@ -107,15 +104,8 @@ def test_the_forced_four_device_session_passes(tmp_path):
     """tests/multidevice in a pytest session of its own with 4 forced CPU devices:
     data parallelism, runs sharded over devices, masks on a non-default device.
     JAX_PLATFORMS=cpu: on a GPU machine the default backend would be its one GPU."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t"),
-         str(Path(__file__).parent / "multidevice")],
-        env=env, capture_output=True, text=True, timeout=1200,
-    )
-    print(result.stdout[-5000:])
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    assert "4 passed" in result.stdout
+    run_session("multidevice", tmp_path, {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+                passed=4, timeout=1200)
 
 
 @pytest.mark.parametrize("devices_, runs, message", [

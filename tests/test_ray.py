@@ -3,14 +3,11 @@ starts before JAX; here, that session, and what happens without Ray."""
 
 import builtins
 import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from jaxprune import cli
+from tests.conftest import run_session
 
 
 @pytest.mark.slow
@@ -20,15 +17,8 @@ def test_the_ray_session_passes(tmp_path):
     killed mid-phase, divergence, and an interrupted driver."""
     # RAY_ENABLE_UV_RUN_RUNTIME_ENV=0: under `uv run` (scripts/test) Ray would start its workers with
     # `uv run` in a copy of the working directory, where they never registered (CI hung).
-    env = {**os.environ, "JAXPRUNE_RAY_SESSION": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t"),
-         str(Path(__file__).parent / "raycluster")],
-        env=env, capture_output=True, text=True, timeout=900,
-    )
-    print(result.stdout[-5000:])
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    assert "6 passed" in result.stdout
+    run_session("raycluster", tmp_path, {"JAXPRUNE_RAY_SESSION": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"},
+                passed=6, timeout=900)
 
 
 def test_without_ray_the_executor_is_one_line(tmp_path, monkeypatch, capsys):

@@ -158,16 +158,16 @@ def run_phases(cfg, workdir: Path, phases: list, done: set[str], failed: dict[st
             log(f"[not trained] {p.name}: it descends from {failed[p.name]}, which diverged")
             continue
         pending.append(p)
-    refs: dict[str, Any] = {}  # a phase's name -> its group's task
-    tasks = []
+    task_of: dict[str, Any] = {}  # a phase's name -> its group's task
+    members: dict[Any, list[str]] = {}  # a task -> its phases' names
     for group in phase_lib.groups(cfg, pending, done):
         parents = sorted({p.parent for p in group if p.parent is not None})
-        after = list(dict.fromkeys(refs[name] for name in parents if name in refs))  # each parent group once
+        after = list(dict.fromkeys(task_of[name] for name in parents if name in task_of))  # each parent group once
         ref = task.remote(cfg_dict, str(workdir), [dataclasses.asdict(p) for p in group],
                           [dataclasses.asdict(by_name[name]) for name in parents if name in by_name], *after)
-        refs.update({p.name: ref for p in group})
-        tasks.append(ref)
-    pending_refs, finished = list(tasks), len(done)
+        task_of.update({p.name: ref for p in group})
+        members[ref] = [p.name for p in group]
+    pending_refs, finished = list(members), len(done)
     # SIGINT/SIGTERM only request a stop (raised inside Ray's own code, it would come out wrapped):
     # the wait below looks every half second, then cancels the tasks and leaves as a local run does.
     with interrupt.stop_at_safe_points():
@@ -176,7 +176,7 @@ def run_phases(cfg, workdir: Path, phases: list, done: set[str], failed: dict[st
                 interrupt.check()
                 ready, pending_refs = ray.wait(pending_refs, num_returns=1, timeout=0.5)
                 for ref in ready:
-                    for r in _results(ray, ref, group_of=[n for n, t in refs.items() if t == ref]):
+                    for r in _results(ray, ref, members[ref]):
                         if r["status"] != "skipped":
                             finished += 1
                         _log_result(r, f"[{finished}/{len(phases)}]", log)
